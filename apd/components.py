@@ -1,0 +1,98 @@
+"""Parameter components: per decomposed parameter, C low-rank matrices `P_c = A_c @ B_c`.
+
+`A: (instances, C, d_in, m)`, `B: (instances, C, m, d_out)`. The same C indexes every parameter,
+so a component can span layers. A tied layer (TMS linear2) uses `A' = B^T`, `B' = A^T`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from apd.targets.base import Layer, LayerFn
+
+
+class Components(nn.Module):
+    """The learned decomposition of a target's decomposed parameters."""
+
+    def __init__(
+        self,
+        param_shapes: dict[str, tuple[int, int]],
+        *,
+        n_instances: int,
+        C: int,
+        m: int,
+        init_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_instances, self.C, self.m = n_instances, C, m
+        self.A = nn.ParameterDict()
+        self.B = nn.ParameterDict()
+        for name, (d_in, d_out) in param_shapes.items():
+            self.A[name] = nn.Parameter(torch.empty(n_instances, C, d_in, m))
+            self.B[name] = nn.Parameter(torch.empty(n_instances, C, m, d_out))
+        self.init_(init_scale, generator)
+
+    @torch.no_grad()
+    def init_(self, gain: float, generator: torch.Generator | None = None) -> None:
+        """xavier_normal_ on the whole 4-D tensor, as the reference code does (method notes 1.11)."""
+        for p in [*self.A.values(), *self.B.values()]:
+            fan_out = p.shape[0] * p.shape[2] * p.shape[3]  # torch: dim0 maps x receptive field
+            fan_in = p.shape[1] * p.shape[2] * p.shape[3]
+            std = gain * (2.0 / (fan_in + fan_out)) ** 0.5
+            p.normal_(0.0, std, generator=generator)
+
+    def factors(self, layer: Layer) -> tuple[Tensor, Tensor]:
+        """(A, B) of a layer, transposed for tied layers."""
+        a, b = self.A[layer.param], self.B[layer.param]
+        if layer.transposed:
+            return b.transpose(-1, -2), a.transpose(-1, -2)
+        return a, b
+
+    def weight(self, param: str) -> Tensor:
+        """Materialised components `(instances, C, d_in, d_out)`."""
+        return self.A[param] @ self.B[param]
+
+    def total_weight(self, param: str) -> Tensor:
+        """Sum over components `(instances, d_in, d_out)`: what the full APD model uses."""
+        return torch.einsum("i c d m, i c m e -> i d e", self.A[param], self.B[param])
+
+    def inner_acts(self, layer: Layer, x: Tensor) -> Tensor:
+        """`x @ A_c` for every component: `(batch, instances, C, m)`."""
+        a, _ = self.factors(layer)
+        return torch.einsum("b i d, i c d m -> b i c m", x, a)
+
+    def component_acts(self, layer: Layer, x: Tensor) -> Tensor:
+        """Each component's share of the layer output `(batch, instances, C, d_out)`."""
+        _, b = self.factors(layer)
+        return torch.einsum("b i c m, i c m e -> b i c e", self.inner_acts(layer, x), b)
+
+    def layer_fn(self, layer: Layer, mask: Tensor | None = None) -> LayerFn:
+        """The layer as APD computes it: all components, or those kept by `mask (batch, instances, C)`."""
+        _, b = self.factors(layer)
+
+        def fn(x: Tensor) -> Tensor:
+            inner = self.inner_acts(layer, x)
+            if mask is not None:
+                inner = inner * mask.unsqueeze(-1)
+            return torch.einsum("b i c m, i c m e -> b i e", inner, b)
+
+        return fn
+
+    def layer_fns(self, layers: tuple[Layer, ...], mask: Tensor | None = None) -> dict[str, LayerFn]:
+        return {layer.name: self.layer_fn(layer, mask) for layer in layers}
+
+    @torch.no_grad()
+    def normalize_A_(self) -> None:
+        """Unit L2 norm for every column `A[i, c, :, m]` (unit_norm_matrices)."""
+        for a in self.A.values():
+            a.div_(a.norm(dim=-2, keepdim=True))
+
+    @torch.no_grad()
+    def project_A_grads_(self) -> None:
+        """Remove the gradient component parallel to each unit-norm column of A."""
+        for a in self.A.values():
+            if a.grad is not None:
+                parallel = (a.grad * a).sum(dim=-2, keepdim=True)
+                a.grad.sub_(parallel * a)

@@ -1,0 +1,261 @@
+"""Typed configs for one decomposition: frozen pydantic models that reject unknown keys.
+
+Keys are named as in the APD reference code (`C`, `m`, `topk`, `topk_recon_coeff`, ...), so a
+paper appendix table reads straight into a YAML file. Experiment YAMLs ship in `apd/experiments/`.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from apd.errors import ConfigError
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+DataGenerationType = Literal[
+    "at_least_zero_active",
+    "exactly_one_active",
+    "exactly_two_active",
+    "exactly_three_active",
+    "exactly_four_active",
+    "exactly_five_active",
+]
+AttributionType = Literal["gradient", "gradient_apd", "activation", "ablation"]
+LRSchedule = Literal["constant", "linear", "cosine", "exponential"]
+
+
+class BaseConfig(BaseModel):
+    """Frozen, strict base with YAML round-tripping."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Self:
+        return cls.from_dict(read_yaml(path), source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config") -> Self:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, source)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_file(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+class TargetRef(BaseConfig):
+    """Which target to decompose, and the data distribution used while decomposing it."""
+
+    name: str | None = None
+    """Registered target name (trained once and cached by `apd train-target`)."""
+    path: str | None = None
+    """A target file written by `apd train-target` or a user-supplied linear+ReLU stack."""
+    seed: int = 0
+    """Training seed of a registered target (part of its cache key)."""
+    feature_probability: Probability | None = None
+    """Overrides the target's training feature probability for the decomposition data."""
+    data_generation_type: DataGenerationType = "at_least_zero_active"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("set exactly one of target.name and target.path")
+        return self
+
+
+class EvalConfig(BaseConfig):
+    """Ground-truth metrics: sample sizes and every threshold of the `recovered` verdict."""
+
+    # TMS
+    mmcs_min: Probability = 0.99
+    ml2r_min: NonNegativeFloat = 0.8
+    ml2r_max: PositiveFloat | None = None
+    require_one_to_one: bool = True
+    identity_hidden_rel_tol: NonNegativeFloat = 0.05
+    # residual MLP
+    contribution_cutoff: NonNegativeFloat = 0.04
+    dedicated_min: Probability = 0.95
+    norm_top1_mse_max: NonNegativeFloat = 1.0
+    scrub_ratio_min: NonNegativeFloat = 10.0
+    scrub_batches: PositiveInt = 100
+    scrub_batch_size: PositiveInt | None = None
+    """Defaults to the decomposition's batch size, as in the reference code."""
+    # any target
+    identity_tol: Probability = 0.1
+    figures: bool = True
+
+
+class DecomposeConfig(BaseConfig):
+    """One APD run: components, losses, optimisation and evaluation."""
+
+    target: TargetRef
+    # components
+    C: PositiveInt
+    m: PositiveInt | None = None
+    """Inner rank; None = the target's default (full rank for resid MLPs, min(n_f, n_h)+1 TMS)."""
+    init_scale: PositiveFloat = 1.0
+    unit_norm_matrices: bool = False
+    # attributions and sparsity
+    attribution_type: AttributionType = "gradient"
+    topk: PositiveFloat | None = None
+    batch_topk: bool = True
+    exact_topk: bool = False
+    distil_from_target: bool = False
+    lp_sparsity_coeff: NonNegativeFloat | None = None
+    pnorm: PositiveFloat | None = None
+    # losses
+    param_match_coeff: NonNegativeFloat | None = 1.0
+    faithfulness_norm: Literal["mean", "sum"] = "mean"
+    """`mean` divides by the decomposed element count (paper main text, code); `sum` does not (appendix)."""
+    topk_recon_coeff: NonNegativeFloat | None = None
+    act_recon_coeff: NonNegativeFloat | None = None
+    schatten_coeff: NonNegativeFloat | None = None
+    schatten_pnorm: PositiveFloat = 1.0
+    out_recon_coeff: NonNegativeFloat | None = None
+    # optimisation
+    lr: PositiveFloat
+    lr_schedule: LRSchedule = "constant"
+    lr_exponential_halflife: PositiveFloat | None = None
+    lr_warmup_pct: Probability = 0.0
+    steps: PositiveInt
+    batch_size: PositiveInt
+    seed: int = 0
+    device: str = "auto"
+    log_every: PositiveInt = 100
+    """Steps between StepRecords (progress, callbacks, history); each record syncs the device."""
+    implementation: Literal["fast", "naive"] = "fast"
+    """`naive` is the reference code's per-output step, kept as the test oracle."""
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.topk is None) == (self.lp_sparsity_coeff is None):
+            raise ValueError("set exactly one of topk (top-k APD) and lp_sparsity_coeff (Lp APD)")
+        if self.topk is not None:
+            if self.topk_recon_coeff is None:
+                raise ValueError("topk needs topk_recon_coeff")
+            if self.batch_topk and int(self.topk * self.batch_size) < 1:
+                raise ValueError(f"topk * batch_size must be >= 1 (got {self.topk} * {self.batch_size})")
+            if not self.batch_topk and not self.exact_topk and int(self.topk) < 1:
+                raise ValueError(f"per-sample top-k needs topk >= 1 (got {self.topk})")
+        else:
+            if self.pnorm is None:
+                raise ValueError("lp_sparsity_coeff needs pnorm")
+            if self.topk_recon_coeff is not None or self.act_recon_coeff is not None:
+                raise ValueError("topk_recon_coeff/act_recon_coeff need topk (Lp APD has no top-k pass)")
+            if self.exact_topk or self.distil_from_target:
+                raise ValueError("exact_topk and distil_from_target need topk")
+        if self.lr_schedule == "exponential" and self.lr_exponential_halflife is None:
+            raise ValueError("lr_schedule exponential needs lr_exponential_halflife")
+        return self
+
+    @property
+    def k(self) -> int:
+        """Components kept per instance and batch (batch top-k) or per sample."""
+        assert self.topk is not None
+        return int(self.topk * self.batch_size) if self.batch_topk else int(self.topk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files, experiment registry and overrides
+
+
+def read_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+
+
+def format_validation_error(e: ValidationError, source: str) -> str:
+    """The first pydantic error as `source: dotted.field: message (got value)`."""
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    got = "" if err["type"] in ("missing", "extra_forbidden") or not loc else f" (got {err['input']!r})"
+    extra = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{source}: {loc + ': ' if loc else ''}{msg}{got}{extra}"
+
+
+def experiment_names() -> list[str]:
+    """Experiment configs shipped in `apd/experiments/`."""
+    files = resources.files("apd") / "experiments"
+    return sorted(f.name.removesuffix(".yaml") for f in files.iterdir() if f.name.endswith(".yaml"))
+
+
+def experiment_path(name: str) -> Path:
+    path = Path(str(resources.files("apd") / "experiments" / f"{name}.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"unknown experiment {name!r}; known: {', '.join(experiment_names())}")
+    return path
+
+
+def resolve_experiment(name_or_path: str | Path) -> Path:
+    """A registered experiment name or a path to a config YAML."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such file")
+        return p
+    return experiment_path(str(name_or_path))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["topk=0.5", "target.seed=1"]` -> `{"topk": 0.5, "target.seed": 1}` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (a copy). Unknown keys are left for validation to reject."""
+    out = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"{dotted}: {part} is not a section")
+            node = child
+        node[leaf] = value
+    return out
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> DecomposeConfig:
+    """Load an experiment by registered name or path and apply dotted overrides."""
+    path = resolve_experiment(name_or_path)
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys")
+    source = str(path) if not overrides else f"{path} with overrides"
+    return DecomposeConfig.from_dict(apply_overrides(data, overrides or {}), source=source)

@@ -1,0 +1,102 @@
+"""The APD loss: faithfulness + minimality (top-k or Lp) + simplicity (method notes 1.3-1.8, 1.13).
+
+Each term lives in its own module; `apd_loss` runs one training step's forward passes and
+assembles them. `L = sum_terms coeff * term.mean()` over instances; terms with coeff None are off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from apd.attributions import attributions
+from apd.components import Components
+from apd.config import DecomposeConfig
+from apd.losses.faithfulness import faithfulness_loss
+from apd.losses.lp_sparsity import lp_sparsity_loss, lp_weights
+from apd.losses.reconstruction import act_recon_loss, topk_recon_loss
+from apd.losses.schatten import schatten_loss
+from apd.targets.base import Target, run_with_cache
+from apd.topk import topk_mask
+
+__all__ = [
+    "LossOutput",
+    "act_recon_loss",
+    "apd_loss",
+    "faithfulness_loss",
+    "lp_sparsity_loss",
+    "lp_weights",
+    "schatten_loss",
+    "topk_recon_loss",
+]
+
+
+@dataclass
+class LossOutput:
+    terms: dict[str, Tensor]
+    """Per-instance values `(instances,)` of every active term, e.g. `topk_recon_loss`."""
+    total: Tensor
+    mask: Tensor
+    """`(batch, instances, C)`: the top-k mask (bool) or the Lp weights."""
+
+
+def apd_loss(cfg: DecomposeConfig, target: Target, components: Components, x: Tensor) -> LossOutput:
+    """All loss terms for a batch `x (batch, instances, n_inputs)`."""
+    layers = target.layers
+    weights = {p: w.detach() for p, w in target.weights().items()}
+    n_params = sum(weights[layer.param][0].numel() for layer in layers)
+    naive = cfg.implementation == "naive"
+    terms: dict[str, Tensor] = {}
+
+    with torch.no_grad():
+        out_target, target_cache = run_with_cache(target, x)
+    if cfg.out_recon_coeff is not None or naive:  # the reference computes it even when only logged
+        out_full = target(x, components.layer_fns(layers))
+        terms["out_recon_loss"] = topk_recon_loss(out_full, out_target)
+    if cfg.param_match_coeff is not None:
+        terms["faithfulness_loss"] = faithfulness_loss(weights, components, layers, norm=cfg.faithfulness_norm)
+
+    if cfg.topk is None:  # Lp APD: attributions stay differentiable w.r.t. the components
+        attr = attributions(cfg.attribution_type, target, components, x)
+        assert cfg.pnorm is not None
+        mask = lp_weights(attr, pnorm=cfg.pnorm, n_outputs=target.n_outputs)
+        terms["lp_sparsity_loss"] = lp_sparsity_loss(mask)
+    else:
+        if naive:
+            attr = attributions(cfg.attribution_type, target, components, x)
+        else:  # only the discrete mask is used, so no graph is needed
+            from apd.fast import fast_attributions
+
+            with torch.no_grad():
+                attr = fast_attributions(cfg.attribution_type, target, components, x)
+        mask = topk_mask(
+            attr,
+            topk=cfg.topk,
+            batch_topk=cfg.batch_topk,
+            exact=cfg.exact_topk,
+            x=x,
+            always_on_last=cfg.distil_from_target,
+        )
+        out_topk, topk_cache = run_with_cache(target, x, components.layer_fns(layers, mask))
+        terms["topk_recon_loss"] = topk_recon_loss(out_topk, out_target)
+        if cfg.act_recon_coeff is not None:
+            names = target.act_recon_layers
+            terms["act_recon_loss"] = act_recon_loss(
+                [topk_cache[n][1] for n in names], [target_cache[n][1] for n in names], relu=target.act_recon_relu
+            )
+    if cfg.schatten_coeff is not None:
+        terms["schatten_loss"] = schatten_loss(components, layers, mask, p=cfg.schatten_pnorm, n_params=n_params)
+
+    coeffs = {
+        "faithfulness_loss": cfg.param_match_coeff,
+        "topk_recon_loss": cfg.topk_recon_coeff,
+        "act_recon_loss": cfg.act_recon_coeff,
+        "schatten_loss": cfg.schatten_coeff,
+        "lp_sparsity_loss": cfg.lp_sparsity_coeff,
+        "out_recon_loss": cfg.out_recon_coeff,
+    }
+    weighted = [coeff * terms[name].mean() for name, coeff in coeffs.items() if coeff is not None and name in terms]
+    total = torch.stack(weighted).sum()
+    return LossOutput(terms=terms, total=total, mask=mask)
