@@ -82,7 +82,8 @@ def run_decomposition(
     With `checkpoint_path`, the run resumes from it when it exists and saves a snapshot there
     every `checkpoint_every` steps (default: every record).
     """
-    from apd.metrics import evaluate, make_figures
+    from apd.figures import make_figures
+    from apd.metrics import evaluate
     from apd.targets import load_target
 
     device = resolve_device(cfg.device)
@@ -109,7 +110,9 @@ def run_decomposition(
     artifacts: dict[str, Any] = {}
     if result.status == "finished":
         eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        scores, artifacts = evaluate(cfg, target, result.components, sample=lambda n: loaded.sample(n, eval_gen))
+        scores, artifacts = evaluate(
+            cfg, target, result.components, sample=lambda n: loaded.sample(n, eval_gen), labels=loaded.labels
+        )
         metrics |= scores
     else:
         metrics |= {"recovered": 0.0, "recovered_all": False}
