@@ -120,21 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_list)
 
     p = sub.add_parser("sweep", help="run a sweep YAML through Ray Tune (or inline) under Optuna")
-    try:
-        from apd.sweep.runner import add_sweep_args
-    except ImportError:  # orchestration extras missing: keep the core CLI usable
-        add_sweep_args = None
-    if add_sweep_args is not None:
-        add_sweep_args(p)
+    from apd.sweep.runner import add_sweep_args  # argparse only: Ray loads when a sweep starts
+
+    add_sweep_args(p)
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("analyze", help="report which settings recover the ground truth")
-    try:
-        from apd.analysis.report import add_analyze_args
-    except ImportError:
-        add_analyze_args = None
-    if add_analyze_args is not None:
-        add_analyze_args(p)
+    from apd.analysis.report import add_analyze_args
+
+    add_analyze_args(p)
     p.set_defaults(func=_analyze)
     return parser
 

@@ -19,7 +19,7 @@ import torch
 from apd.config import DecomposeConfig
 from apd.data import Batches
 from apd.decompose import StepRecord, decompose
-from apd.errors import ConfigError
+from apd.device import resolve_device
 
 LOSS_KEYS = (
     "total_loss",
@@ -40,19 +40,6 @@ class RunResult:
     """Exactly what `metrics.json` holds."""
     error: str | None
     out_dir: Path | None
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; anything else is passed to torch (`cpu`, `cuda:1`, ...)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: not a torch device (got {name!r})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name} requested but CUDA is not available")
-    return device
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -88,6 +75,9 @@ def run_decomposition(
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
+    for folder in (out_dir, checkpoint_path.parent if checkpoint_path else None):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     loaded = load_target(cfg.target, device)
     target = loaded.model
     batches = Batches(loaded.sample, cfg.batch_size, seed=cfg.seed, device=device)
@@ -118,7 +108,6 @@ def run_decomposition(
         metrics |= {"recovered": 0.0, "recovered_all": False}
 
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_file(out_dir / "config.yaml")
         atomic_torch_save(
             {p: result.components.weight(p).detach().cpu() for p in result.components.A}
