@@ -138,6 +138,13 @@ class DecomposeConfig(BaseConfig):
     """Steps between StepRecords (progress, callbacks, history); each record syncs the device."""
     implementation: Literal["fast", "naive"] = "fast"
     """`naive` is the reference code's per-output step, kept as the test oracle."""
+    masked_forward: Literal["auto", "dense", "sparse"] = "auto"
+    """Fast step's top-k pass: all components masked (`dense`) or the active ones only (`sparse`);
+    `auto` = sparse on the CPU when that computes at most a quarter of the pairs (`apd.fast`)."""
+    compile: bool = False
+    """Fast step: `torch.compile` the attribution pass (compiles once per target and batch shape)."""
+    autocast_dtype: Literal["bfloat16"] | None = None
+    """Fast step: the top-k APD pass under `torch.autocast` (GPU; attributions and losses stay float32)."""
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
@@ -158,6 +165,8 @@ class DecomposeConfig(BaseConfig):
                 raise ValueError("topk_recon_coeff/act_recon_coeff need topk (Lp APD has no top-k pass)")
             if self.exact_topk or self.distil_from_target:
                 raise ValueError("exact_topk and distil_from_target need topk")
+        if self.implementation == "naive" and (self.compile or self.autocast_dtype is not None):
+            raise ValueError("compile and autocast_dtype need implementation: fast")
         if self.lr_schedule == "exponential" and self.lr_exponential_halflife is None:
             raise ValueError("lr_schedule exponential needs lr_exponential_halflife")
         return self

@@ -6,6 +6,7 @@ assembles them. `L = sum_terms coeff * term.mean()` over instances; terms with c
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from torch import Tensor
 from apd.attributions import attributions
 from apd.components import Components
 from apd.config import DecomposeConfig
+from apd.fast import compiled_attributions, fast_attributions, masked_layer_fns, needs_graph, target_pass
 from apd.losses.faithfulness import faithfulness_loss
 from apd.losses.lp_sparsity import lp_sparsity_loss, lp_weights
 from apd.losses.reconstruction import act_recon_loss, topk_recon_loss
@@ -44,41 +46,32 @@ class LossOutput:
 
 def apd_loss(cfg: DecomposeConfig, target: Target, components: Components, x: Tensor) -> LossOutput:
     """All loss terms for a batch `x (batch, instances, n_inputs)`."""
+    if cfg.implementation == "naive":
+        return _naive_loss(cfg, target, components, x)
+    return _fast_loss(cfg, target, components, x)
+
+
+def _naive_loss(cfg: DecomposeConfig, target: Target, components: Components, x: Tensor) -> LossOutput:
+    """The reference step (method notes 1.13), including its full APD forward and per-output attributions."""
     layers = target.layers
     weights = {p: w.detach() for p, w in target.weights().items()}
     n_params = sum(weights[layer.param][0].numel() for layer in layers)
-    naive = cfg.implementation == "naive"
     terms: dict[str, Tensor] = {}
 
     with torch.no_grad():
         out_target, target_cache = run_with_cache(target, x)
-    if cfg.out_recon_coeff is not None or naive:  # the reference computes it even when only logged
-        out_full = target(x, components.layer_fns(layers))
-        terms["out_recon_loss"] = topk_recon_loss(out_full, out_target)
+    out_full = target(x, components.layer_fns(layers))  # the reference computes it even when only logged
+    terms["out_recon_loss"] = topk_recon_loss(out_full, out_target)
     if cfg.param_match_coeff is not None:
         terms["faithfulness_loss"] = faithfulness_loss(weights, components, layers, norm=cfg.faithfulness_norm)
 
+    attr = attributions(cfg.attribution_type, target, components, x)
     if cfg.topk is None:  # Lp APD: attributions stay differentiable w.r.t. the components
-        attr = attributions(cfg.attribution_type, target, components, x)
         assert cfg.pnorm is not None
         mask = lp_weights(attr, pnorm=cfg.pnorm, n_outputs=target.n_outputs)
         terms["lp_sparsity_loss"] = lp_sparsity_loss(mask)
     else:
-        if naive:
-            attr = attributions(cfg.attribution_type, target, components, x)
-        else:  # only the discrete mask is used, so no graph is needed
-            from apd.fast import fast_attributions
-
-            with torch.no_grad():
-                attr = fast_attributions(cfg.attribution_type, target, components, x)
-        mask = topk_mask(
-            attr,
-            topk=cfg.topk,
-            batch_topk=cfg.batch_topk,
-            exact=cfg.exact_topk,
-            x=x,
-            always_on_last=cfg.distil_from_target,
-        )
+        mask = _topk(cfg, attr, x)
         out_topk, topk_cache = run_with_cache(target, x, components.layer_fns(layers, mask))
         terms["topk_recon_loss"] = topk_recon_loss(out_topk, out_target)
         if cfg.act_recon_coeff is not None:
@@ -88,7 +81,70 @@ def apd_loss(cfg: DecomposeConfig, target: Target, components: Components, x: Te
             )
     if cfg.schatten_coeff is not None:
         terms["schatten_loss"] = schatten_loss(components, layers, mask, p=cfg.schatten_pnorm, n_params=n_params)
+    return _total(cfg, terms, mask)
 
+
+def _fast_loss(cfg: DecomposeConfig, target: Target, components: Components, x: Tensor) -> LossOutput:
+    """The same terms as `_naive_loss` (up to float rounding) from fewer, cheaper passes (`apd.fast`).
+
+    One target pass gives the labels, the act-recon targets and the attribution inputs; the full
+    APD forward runs only for `out_recon_coeff`; top-k attributions run without a graph; the masked
+    forward computes only the active components where that pays.
+    """
+    layers = target.layers
+    weights = {p: w.detach() for p, w in target.weights().items()}
+    n_params = sum(weights[layer.param][0].numel() for layer in layers)
+    terms: dict[str, Tensor] = {}
+
+    run = target_pass(target, x, graph=needs_graph(cfg.attribution_type, target))
+    labels = run.detached()
+    if cfg.out_recon_coeff is not None:
+        with _autocast(cfg, x):
+            out_full = target(x, components.layer_fns(layers))
+        terms["out_recon_loss"] = topk_recon_loss(out_full.to(x.dtype), labels.out)
+    if cfg.param_match_coeff is not None:
+        terms["faithfulness_loss"] = faithfulness_loss(weights, components, layers, norm=cfg.faithfulness_norm)
+
+    attribute = compiled_attributions() if cfg.compile else fast_attributions
+    if cfg.topk is None:  # Lp APD: attributions stay differentiable w.r.t. the components
+        attr = attribute(cfg.attribution_type, target, components, x, run=run)
+        assert cfg.pnorm is not None
+        mask = lp_weights(attr, pnorm=cfg.pnorm, n_outputs=target.n_outputs)
+        terms["lp_sparsity_loss"] = lp_sparsity_loss(mask)
+    else:
+        with torch.no_grad():  # only the discrete mask is used
+            attr = attribute(cfg.attribution_type, target, components, x, run=run)
+            mask = _topk(cfg, attr, x)
+        fns = masked_layer_fns(components, layers, mask, mode=cfg.masked_forward)
+        with _autocast(cfg, x):
+            out_topk, topk_cache = run_with_cache(target, x, fns)
+        terms["topk_recon_loss"] = topk_recon_loss(out_topk.to(x.dtype), labels.out)
+        if cfg.act_recon_coeff is not None:
+            names = target.act_recon_layers
+            terms["act_recon_loss"] = act_recon_loss(
+                [topk_cache[n][1].to(x.dtype) for n in names],
+                [labels.cache[n][1] for n in names],
+                relu=target.act_recon_relu,
+            )
+    if cfg.schatten_coeff is not None:
+        terms["schatten_loss"] = schatten_loss(components, layers, mask, p=cfg.schatten_pnorm, n_params=n_params)
+    return _total(cfg, terms, mask)
+
+
+def _autocast(cfg: DecomposeConfig, x: Tensor) -> AbstractContextManager[object]:
+    if cfg.autocast_dtype is None:
+        return nullcontext()
+    return torch.autocast(x.device.type, dtype=getattr(torch, cfg.autocast_dtype))
+
+
+def _topk(cfg: DecomposeConfig, attr: Tensor, x: Tensor) -> Tensor:
+    assert cfg.topk is not None
+    return topk_mask(
+        attr, topk=cfg.topk, batch_topk=cfg.batch_topk, exact=cfg.exact_topk, x=x, always_on_last=cfg.distil_from_target
+    )
+
+
+def _total(cfg: DecomposeConfig, terms: dict[str, Tensor], mask: Tensor) -> LossOutput:
     coeffs = {
         "faithfulness_loss": cfg.param_match_coeff,
         "topk_recon_loss": cfg.topk_recon_coeff,

@@ -1,0 +1,262 @@
+"""Training steps per second and peak memory of the fast and the naive (reference) APD step.
+
+Each (case, implementation, threads) runs in its own subprocess, so peak memory and thread
+settings do not leak between measurements. A case is an experiment config (its C, m, topk, loss
+coefficients) at a batch size, with a freshly initialised target of the experiment's architecture
+(trained weights do not matter for speed) and sparse input batches from the target's data
+distribution. A timed step is the whole training step of `apd.decompose`: unit-norm, loss,
+backward, gradient projection, AdamW.
+
+Both implementations first compute the loss on the same batch with the same initial components;
+`losses_match` says whether every term agrees (rel 1e-4; the fast step omits the unused
+`out_recon_loss`).
+
+Peak memory: CPU = growth of the process's peak RSS (`ru_maxrss`) over its RSS before the first
+step (torch's allocations are invisible to tracemalloc); CUDA = `max_memory_allocated` over the
+allocation before the first step.
+
+    python bench/step_speed.py                      # all cases, CPU, 1 thread, a table
+    python bench/step_speed.py --threads 1,2 --json
+    python bench/step_speed.py --device cuda --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+CASES: dict[str, tuple[str, int]] = {
+    "tms-5-2": ("tms-5-2", 2048),
+    "tms-40-10": ("tms-40-10", 2048),
+    "resid-mlp-1-b256": ("resid-mlp-1", 256),
+    "resid-mlp-1-b2048": ("resid-mlp-1", 2048),
+    "resid-mlp-2": ("resid-mlp-2", 2048),
+}
+"""Bench name -> (experiment config, batch size)."""
+IMPLEMENTATIONS = ("fast", "naive")
+N_BATCHES = 4
+"""Distinct input batches cycled through by the timed steps."""
+
+
+def _rss_mb() -> float:
+    """Current resident set size (Linux /proc), else the peak so far."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+@dataclass
+class Setup:
+    """One case ready to time: `step(x)` is a whole training step; `sync` waits for the device."""
+
+    device: Any
+    batches: list[Any]
+    step: Callable[[Any], None]
+    first_losses: Callable[[], dict[str, float]]
+    sync: Callable[[], None]
+
+
+def setup(case: str, implementation: str, device: str, overrides: dict[str, Any]) -> Setup:
+    """Config, fresh target, components, optimizer and input batches of one case, and its training step."""
+    import torch
+
+    from apd.config import load_config
+    from apd.decompose import make_components
+    from apd.losses import apd_loss
+    from apd.targets.registry import get_spec
+    from apd.targets.specs import build_model
+    from apd.targets.tasks import sample_batch
+    from apd.targets.train import resolve_device
+
+    experiment, batch_size = CASES[case]
+    dev = resolve_device(device)
+    cfg = load_config(experiment, {"batch_size": batch_size, "implementation": implementation, **overrides})
+    spec = get_spec(cfg.target.name)
+    model = build_model(spec, seed=0).to(dev).eval().requires_grad_(False)  # type: ignore[arg-type]
+    comps = make_components(cfg, model, dev)
+    opt = torch.optim.AdamW(comps.parameters(), lr=cfg.lr, weight_decay=0.0)  # as apd.decompose
+    gen = torch.Generator(device=dev).manual_seed(0)
+    batches = [
+        sample_batch(
+            model,
+            batch_size,
+            feature_probability=spec.feature_probability,  # type: ignore[union-attr]
+            value_range=spec.value_range,  # type: ignore[union-attr]
+            generator=gen,
+        )
+        for _ in range(N_BATCHES)
+    ]
+
+    def step(x: torch.Tensor) -> None:  # the body of apd.decompose's loop
+        if cfg.unit_norm_matrices:
+            comps.normalize_A_()
+        out = apd_loss(cfg, model, comps, x)
+        opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        if cfg.unit_norm_matrices:
+            comps.project_A_grads_()
+        opt.step()
+
+    def first_losses() -> dict[str, float]:
+        out = apd_loss(cfg, model, comps, batches[0])
+        return {"total_loss": out.total.item(), **{k: v.mean().item() for k, v in out.terms.items()}}
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    return Setup(dev, batches, step, first_losses, sync)
+
+
+def worker(case: str, implementation: str, threads: int, device: str, windows: int, window_s: float,
+           overrides: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Time one implementation on one case in this process; returns the measurements."""
+    import torch
+
+    torch.set_num_threads(threads)
+    s = setup(case, implementation, device, overrides)
+    dev, batches, step, sync = s.device, s.batches, s.step, s.sync
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        base_mb = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        base_mb = _rss_mb()
+    losses = s.first_losses()
+    t0 = time.perf_counter()
+    step(batches[0])  # warm-up; also times one step to size the windows
+    sync()
+    per_step = time.perf_counter() - t0
+    n = max(1, math.ceil(window_s / max(per_step, 1e-6)))
+    if n > 1:
+        for i in range(min(n, 20)):
+            step(batches[i % N_BATCHES])
+        sync()
+    rates = []
+    for w in range(windows):
+        sync()
+        t0 = time.perf_counter()
+        for i in range(n):
+            step(batches[(w * n + i) % N_BATCHES])
+        sync()
+        rates.append(n / (time.perf_counter() - t0))
+    if dev.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 - base_mb
+    else:
+        peak_mb = _peak_rss_mb() - base_mb
+    return {
+        "steps_per_s": statistics.median(rates),
+        "windows": rates,
+        "steps_per_window": n,
+        "peak_mb": max(peak_mb, 0.0),
+        "losses": losses,
+        "threads": torch.get_num_threads(),
+        "device": str(dev),
+        "torch": torch.__version__,
+    }
+
+
+def run_worker(case: str, implementation: str, threads: int, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", case, implementation, "--threads", str(threads),
+           "--device", args.device, "--windows", str(args.windows), "--window-s", str(args.window_s)]  # fmt: skip
+    for item in args.set + (args.fast_set if implementation == "fast" else []):
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: worker {case}/{implementation} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def losses_match(fast: dict[str, float], naive: dict[str, float], rel: float = 1e-4) -> bool:
+    keys = [k for k in fast if k != "out_recon_loss"]
+    return all(math.isclose(fast[k], naive[k], rel_tol=rel, abs_tol=1e-7) for k in keys) and all(
+        k in fast for k in naive if k != "out_recon_loss"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    p.add_argument(
+        "--configs", default=",".join(CASES), help=f"comma-separated cases (default all: {', '.join(CASES)})"
+    )
+    p.add_argument("--windows", type=int, default=5, help="timed windows per measurement; the median is reported")
+    p.add_argument("--window-s", type=float, default=2.0, help="minimum length of a window in seconds (>= 1 step)")
+    p.add_argument("--threads", default="1", help="comma-separated torch intra-op thread counts, e.g. 1,2")
+    p.add_argument("--implementations", default="fast,naive", help="fast,naive (the speedup needs both)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for both paths")
+    p.add_argument(
+        "--fast-set", action="append", default=[], metavar="KEY=VALUE", help="override for the fast path only"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--out", help="also write the JSON object to this file")
+    p.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    from apd.config import parse_overrides
+
+    overrides = parse_overrides(args.set)
+    threads = [int(t) for t in args.threads.split(",")]
+    if args.worker:
+        print(json.dumps(worker(*args.worker, threads[0], args.device, args.windows, args.window_s, overrides)))
+        return 0
+    cases = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        print(f"error: --configs: unknown case {unknown[0]!r}; known: {', '.join(CASES)}", file=sys.stderr)
+        return 2
+    impls = [i.strip() for i in args.implementations.split(",")]
+    results: dict[str, dict[str, Any]] = {}
+    for case in cases:
+        for n_threads in threads:
+            key = case if len(threads) == 1 else f"{case}-t{n_threads}"
+            runs = {}
+            for impl in impls:
+                load = os.getloadavg()[0]
+                runs[impl] = run_worker(case, impl, n_threads, args)
+                runs[impl]["load_before"] = load
+                if not args.json:
+                    r = runs[impl]
+                    spread = f"{min(r['windows']):.3g}-{max(r['windows']):.3g}"
+                    print(f"{key:22s} {impl:5s} {r['steps_per_s']:9.3g} steps/s ({spread})  "
+                          f"peak {r['peak_mb']:8.1f} MB  load {load:.1f}", flush=True)  # fmt: skip
+            row: dict[str, Any] = {"batch_size": CASES[case][1], "threads": n_threads}
+            for impl, r in runs.items():
+                row[f"{impl}_steps_per_s"] = r["steps_per_s"]
+                row[f"{impl}_peak_mb"] = r["peak_mb"]
+                row[f"{impl}_windows"] = r["windows"]
+                row[f"{impl}_load_before"] = r["load_before"]
+            if "fast" in runs and "naive" in runs:
+                row["speedup"] = runs["fast"]["steps_per_s"] / runs["naive"]["steps_per_s"]
+                row["losses_match"] = losses_match(runs["fast"]["losses"], runs["naive"]["losses"])
+                if not args.json:
+                    print(f"{key:22s} speedup {row['speedup']:.2f}x, losses match: {row['losses_match']}", flush=True)
+            row["device"], row["torch"] = next(iter(runs.values()))["device"], next(iter(runs.values()))["torch"]
+            results[key] = row
+    if args.json:
+        print(json.dumps(results, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    raise SystemExit(main())
