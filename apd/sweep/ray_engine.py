@@ -1,0 +1,336 @@
+"""All Ray code: connect, check resources, and run the sweep as a Tune experiment under OptunaSearch.
+
+Reports from a trial: one per `report_every` steps (`apd.kind = "step"`: the step record, the
+pruning value `apd.prune` for ASHA, a checkpoint when the run saved a new one) and one final report
+(`apd.kind = "final"`: the outcome, and the run folder as checkpoint). ASHA's clock is the
+decomposition step and its `max_t` lies beyond the last step, so it can never cut the final report
+(stack-notes pitfall 4). The driver-side callback is the only writer of Parquet and MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from apd.errors import ConfigError
+from apd.sweep.recorder import Recorder
+from apd.sweep.space import make_sampler, make_space
+from apd.sweep.spec import ValidatedSweep
+from apd.sweep.study import StudyHandle
+from apd.sweep.trial import TrialContext, TrialOutcome, TrialPoint, one_line, run_trial
+
+STATE_FILE = "checkpoint.pt"
+
+
+def ray_environment(local: bool) -> None:
+    """Quiet, private and CI-safe Ray settings (stack notes 1 and 3), set before `ray.init`."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # else verbose=0 still prints a config box
+    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # step and final reports carry different keys on purpose (the objective exists only at the end)
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if local:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def connect(address: str | None) -> bool:
+    """Attach to `address` (or RAY_ADDRESS), else start a private local Ray; True if we started it.
+
+    Never a bare `ray.init()`: it silently joins whatever cluster /tmp/ray remembers.
+    """
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ray_environment(local=address is None)
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    try:
+        if address is None:
+            ray.init(address="local", num_cpus=available_cpus(), **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"--address {address or 'local'}: cannot start or reach Ray ({one_line(e)})") from None
+    return True
+
+
+def check_resources(sweep: ValidatedSweep) -> None:
+    """Fail now if no node can host one trial: Ray would leave it PENDING forever."""
+    need = sweep.spec.resources
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= need.cpus and r.get("GPU", 0) >= need.gpus for r in nodes):
+        return
+    total = ray.cluster_resources()
+    raise ConfigError(
+        f"{sweep.source}: resources: a trial needs {need.cpus:g} CPU and {need.gpus:g} GPU on one node, "
+        f"but no node has them (cluster: {total.get('CPU', 0):g} CPU, {total.get('GPU', 0):g} GPU "
+        f"on {len(nodes)} node(s))"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+
+
+def trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """One Tune trial: run the shared trial function, reporting every record and the outcome."""
+    point = TrialPoint.from_dict(config["apd"])
+    node = ray.get_runtime_context().get_node_id()
+    prune_key = ctx.sweep.spec.pruning.metric if ctx.sweep.spec.pruning.algorithm == "asha" else None
+    with tempfile.TemporaryDirectory(prefix=f"apd-{point.trial_id}-") as tmp:
+        state_dir, run_dir = Path(tmp) / "state", Path(tmp) / "run"
+        state_dir.mkdir()
+        state = state_dir / STATE_FILE
+        _restore(state)
+        on_step = _reporter(state, node, prune_key)
+        outcome = run_trial(ctx, point, run_dir, on_step=on_step, checkpoint_path=state, node=node)
+        final = {
+            "apd.kind": "final",
+            "apd.status": outcome.status,
+            "apd.objective": outcome.objective,
+            "apd.outcome": outcome.to_dict(),
+            "apd.node": node,
+        }
+        checkpoint = tune.Checkpoint.from_directory(run_dir) if run_dir.is_dir() else None
+        tune.report(final, checkpoint=checkpoint)
+
+
+def _restore(state: Path) -> None:
+    """After a lost worker, Tune hands back the last checkpoint: the run resumes from it."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return
+    with checkpoint.as_directory() as d:
+        if (Path(d) / STATE_FILE).is_file():
+            shutil.copyfile(Path(d) / STATE_FILE, state)
+
+
+def _reporter(state: Path, node: str, prune_key: str | None) -> Callable[[dict[str, float]], None]:
+    last: list[tuple[int, int] | None] = [_stamp(state)]
+
+    def on_step(record: dict[str, float]) -> None:
+        metrics: dict[str, Any] = {
+            "apd.kind": "step",
+            "apd.step": record["step"],
+            "apd.node": node,
+            "apd.record": record,
+        }
+        value = record.get(prune_key) if prune_key else None
+        if value is not None and math.isfinite(value):
+            metrics["apd.prune"] = value
+        checkpoint = None
+        stamp = _stamp(state)
+        if stamp is not None and stamp != last[0]:  # the run saved a new snapshot at this step
+            last[0] = stamp
+            checkpoint = tune.Checkpoint.from_directory(state.parent)
+        tune.report(metrics, checkpoint=checkpoint)  # ASHA's stop surfaces here as an exception
+
+    return on_step
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+
+
+class StopRecordingASHA(ASHAScheduler):
+    """ASHA that remembers whom it stopped: only those trials are PRUNED (not ones cut by Ctrl-C)."""
+
+    def __init__(self, stopped: set[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stopped = stopped
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP:
+            self.stopped.add(trial.trial_id)
+        return str(action)
+
+
+class PruneAwareOptunaSearch(OptunaSearch):  # type: ignore[misc]
+    """OptunaSearch that tells Optuna PRUNED for ASHA-stopped trials (stock: COMPLETE with an early
+    value), FAIL for failed or diverged ones, and leaves interrupted trials RUNNING for resume."""
+
+    def __init__(self, *args: Any, stopped: set[str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopped = stopped
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        return  # pruning is ASHA's; step values live in history.parquet
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to pickle: the study lives in OUT/optuna.db and resume starts a new Tuner on it
+        (and the define-by-run closure is not picklable)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError("resume with `apd sweep --resume`, which reopens the stored study")
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if trial_id in self._completed_trials or ot_trial is None:
+            return
+        final = result is not None and result.get("apd.kind") == "final"
+        if error:
+            state, values = optuna.trial.TrialState.FAIL, None
+        elif final and result is not None and result.get("apd.status") == "COMPLETE":
+            state, values = optuna.trial.TrialState.COMPLETE, result.get("apd.objective")
+        elif final:
+            state, values = optuna.trial.TrialState.FAIL, None
+        elif trial_id in self.stopped:
+            state, values = optuna.trial.TrialState.PRUNED, None
+        else:
+            return  # stopped by an interrupted experiment: resume reruns it
+        study = cast(optuna.Study, self._ot_study)  # typed None in OptunaSearch, set by now
+        study.tell(ot_trial, values, state=state, skip_if_finished=True)
+        self._completed_trials.add(trial_id)
+
+
+class RecorderCallback(tune.Callback):  # type: ignore[misc]
+    """Feeds trial events to the recorder. Never raises: an exception here would abort `fit()`."""
+
+    def __init__(self, recorder: Recorder, stopped: set[str]) -> None:
+        self.recorder, self.stopped = recorder, stopped
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._safe(lambda: self.recorder.started(_point(trial)))
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        tid = _point(trial).trial_id
+        if result.get("apd.kind") == "step":
+            self._safe(lambda: self.recorder.step(tid, result["apd.record"], result.get("apd.node")))
+        elif result.get("apd.kind") == "final":
+            self._safe(lambda: self.recorder.ended(tid, TrialOutcome.from_dict(result["apd.outcome"])))
+
+    def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any) -> None:
+        if (trial.last_result or {}).get("apd.kind") != "final":
+            return
+
+        def upload() -> None:
+            with checkpoint.as_directory() as d:
+                self.recorder.artifacts(_point(trial).trial_id, Path(d))
+
+        self._safe(upload)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.stopped:
+            self._safe(lambda: self.recorder.ended(_point(trial).trial_id, TrialOutcome("PRUNED")))
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        def record() -> None:
+            text = (trial.get_error() or "").strip().splitlines()
+            reason = text[-1] if text else "trial errored"
+            self.recorder.ended(_point(trial).trial_id, TrialOutcome("FAILED", error=f"ray: {reason}"))
+
+        self._safe(record)
+
+    @staticmethod
+    def _safe(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as e:
+            print(f"warning: recording a trial event failed ({one_line(e)})", file=sys.stderr)
+
+
+def _point(trial: Any) -> TrialPoint:
+    return TrialPoint.from_dict(trial.config["apd"])
+
+
+def _trial_name(trial: Any) -> str:
+    return str(trial.config["apd"]["trial_id"])
+
+
+class _NoRestoreHint(logging.Filter):
+    """After Ctrl-C Tune suggests `Tuner.restore`; a sweep resumes with `apd sweep --resume`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+def run_ray(
+    sweep: ValidatedSweep, out: Path, handle: StudyHandle, recorder: Recorder, ctx: TrialContext, remaining: int
+) -> None:
+    """Run `remaining` more trials of the stored study as one Tune experiment."""
+    spec = sweep.spec
+    stopped: set[str] = set()
+    metric: str | list[str] = [o.metric for o in spec.objective]
+    mode: str | list[str] = [o.mode for o in spec.objective]
+    if not spec.multi_objective:
+        metric, mode = metric[0], mode[0]
+    searcher = PruneAwareOptunaSearch(
+        make_space(sweep),
+        metric=metric,
+        mode=mode,
+        sampler=make_sampler(sweep, handle.attempt),
+        study_name=handle.name,
+        storage=handle.storage,
+        stopped=stopped,
+    )
+    tune_log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoRestoreHint) for f in tune_log.filters):
+        tune_log.addFilter(_NoRestoreHint())
+    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_scheduler(sweep, stopped),
+            num_samples=remaining,
+            max_concurrent_trials=spec.max_concurrent,
+            reuse_actors=True,  # else every trial pays a fresh worker process and torch import
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=f"attempt-{handle.attempt}",
+            storage_path=str((out / "ray").resolve()),
+            verbose=0,
+            callbacks=[RecorderCallback(recorder, stopped)],
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            # >= 3: a restore can otherwise race the deletion of the checkpoint it needs (pitfall 5)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
+        ),
+    )
+    tuner.fit()
+
+
+def _scheduler(sweep: ValidatedSweep, stopped: set[str]) -> TrialScheduler:
+    pruning = sweep.spec.pruning
+    if pruning.algorithm == "none":
+        return FIFOScheduler()
+    assert pruning.grace_steps is not None
+    max_t = sweep.max_steps + sweep.report_every  # beyond every step report: ASHA never ends a run itself
+    return StopRecordingASHA(
+        stopped,
+        time_attr="apd.step",
+        metric="apd.prune",
+        mode=pruning.mode,
+        max_t=max_t,
+        grace_period=min(pruning.grace_steps, max_t),
+        reduction_factor=pruning.reduction_factor,
+    )

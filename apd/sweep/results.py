@@ -1,0 +1,301 @@
+"""THE Parquet schema of sweep results, and a store that rewrites both files atomically.
+
+`OUT/trials.parquet`, one row per trial:
+  trial_id, sweep, experiment, engine, status (COMPLETE|PRUNED|FAILED|DIVERGED|RUNNING), error,
+  seed, setting_id, draw, node, mlflow_run_id, recovered (double), recovered_all (bool),
+  start_time, end_time (timestamp[us, UTC]), steps_done (int64),
+  objective (single objective) or objective.0, objective.1, ... (several),
+  param.<dotted key> per swept parameter (typed from the spec), metric.<key> per final metrics.json
+  key (bool, int64, double, string, or list<double> for per-instance lists).
+`OUT/history.parquet`: trial_id, step (int64), then every step-record key as double.
+File metadata: `apd_schema_version`, `apd_sweep`, `apd_engine`, `apd_objectives` (JSON list of
+{metric, mode}). Files are written to a temp file and `os.replace`d, so a killed sweep always
+leaves complete files holding every trial that had ended (and the running ones as RUNNING).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from apd.sweep.spec import CategoricalParam, GridParam, IntParam, ValidatedSweep
+from apd.sweep.trial import TrialOutcome, TrialPoint
+
+SCHEMA_VERSION = "1"
+TRIALS_FILE = "trials.parquet"
+HISTORY_FILE = "history.parquet"
+PARAM = "param."
+METRIC = "metric."
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+BASE_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("trial_id", pa.string()),
+    ("sweep", pa.string()),
+    ("experiment", pa.string()),
+    ("engine", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("seed", pa.int64()),
+    ("setting_id", pa.string()),
+    ("draw", pa.int64()),
+    ("node", pa.string()),
+    ("mlflow_run_id", pa.string()),
+    ("recovered", pa.float64()),
+    ("recovered_all", pa.bool_()),
+    ("start_time", TIMESTAMP),
+    ("end_time", TIMESTAMP),
+    ("steps_done", pa.int64()),
+)
+NOT_METRICS = ("status", "steps_done", "error")
+"""metrics.json keys that have their own column."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Column types
+
+
+def param_type(p: Any) -> pa.DataType:
+    """Ranges are int64/double; choices take the one type all their values share, else JSON text."""
+    if isinstance(p, IntParam):
+        return pa.int64()
+    if not isinstance(p, CategoricalParam | GridParam):
+        return pa.float64()
+    return pa.string() if json_param(p) else infer_type(p.values)
+
+
+def json_param(p: Any) -> bool:
+    """Choices of mixed types (e.g. `[null, 0.5, "auto"]`) are stored as JSON text."""
+    return isinstance(p, CategoricalParam | GridParam) and not _one_kind(p.values)
+
+
+def _param_cell(p: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    return json.dumps(value) if json_param(p) else _cell(value, param_type(p))
+
+
+def _one_kind(values: Iterable[Any]) -> bool:
+    kinds = {_kind(v) for v in values if v is not None}
+    return len(kinds) <= 1 or kinds == {"int", "float"}
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, list):
+        return "list"
+    return "str" if isinstance(v, str) else "other"
+
+
+def infer_type(values: Iterable[Any]) -> pa.DataType:
+    """bool, int64, double (ints mixed with floats), list<double>, else string."""
+    kinds = {_kind(v) for v in values if v is not None}
+    if not kinds:
+        return pa.float64()
+    if kinds == {"bool"}:
+        return pa.bool_()
+    if kinds == {"int"}:
+        return pa.int64()
+    if kinds <= {"int", "float"}:
+        return pa.float64()
+    if kinds == {"list"}:
+        return pa.list_(pa.float64())
+    return pa.string()
+
+
+def _cell(value: Any, typ: pa.DataType) -> Any:
+    """A Python value in the column's type (lists of bools become doubles; others become JSON)."""
+    if value is None:
+        return None
+    if pa.types.is_string(typ) and not isinstance(value, str):
+        return json.dumps(value)
+    if pa.types.is_list(typ):
+        return [None if x is None else float(x) for x in value]
+    if pa.types.is_floating(typ):
+        return float(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Schemas and tables
+
+
+def objective_columns(sweep: ValidatedSweep) -> list[str]:
+    n = len(sweep.spec.objective)
+    return ["objective"] if n == 1 else [f"objective.{i}" for i in range(n)]
+
+
+def file_metadata(sweep: ValidatedSweep, engine: str) -> dict[str, str]:
+    objectives = [o.to_dict() for o in sweep.spec.objective]
+    return {
+        "apd_schema_version": SCHEMA_VERSION,
+        "apd_sweep": sweep.name,
+        "apd_engine": engine,
+        "apd_objectives": json.dumps(objectives),
+    }
+
+
+def trials_table(sweep: ValidatedSweep, engine: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows are the store's internal dicts: base columns, `params`, `metrics`, `objective` list."""
+    fields = [pa.field(n, t) for n, t in BASE_COLUMNS]
+    fields += [pa.field(c, pa.float64()) for c in objective_columns(sweep)]
+    params = sweep.spec.parameters
+    fields += [pa.field(PARAM + k, param_type(p)) for k, p in params.items()]
+    metric_keys = sorted({k for r in rows for k in r["metrics"] if k not in NOT_METRICS})
+    metric_types = {k: infer_type(r["metrics"].get(k) for r in rows) for k in metric_keys}
+    fields += [pa.field(METRIC + k, t) for k, t in metric_types.items()]
+    schema = pa.schema(fields, metadata=file_metadata(sweep, engine))
+    flat = []
+    for r in rows:
+        cells = {n: r.get(n) for n, _ in BASE_COLUMNS}
+        for col, v in zip(objective_columns(sweep), r.get("objective") or [], strict=False):
+            cells[col] = v
+        cells |= {PARAM + k: _param_cell(p, r["params"].get(k)) for k, p in params.items()}
+        cells |= {METRIC + k: _cell(r["metrics"].get(k), t) for k, t in metric_types.items()}
+        flat.append(cells)
+    return pa.Table.from_pylist(flat, schema=schema)
+
+
+def history_table(
+    sweep: ValidatedSweep, engine: str, history: Mapping[str, Mapping[int, Mapping[str, float]]]
+) -> pa.Table:
+    keys = sorted({k for steps in history.values() for rec in steps.values() for k in rec if k != "step"})
+    fields = [pa.field("trial_id", pa.string()), pa.field("step", pa.int64())]
+    fields += [pa.field(k, pa.float64()) for k in keys]
+    schema = pa.schema(fields, metadata=file_metadata(sweep, engine))
+    rows = [
+        {"trial_id": tid, "step": step, **{k: rec.get(k) for k in keys}}
+        for tid, steps in history.items()
+        for step, rec in sorted(steps.items())
+    ]
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write next to `path`, then rename over it: readers never see a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+
+
+class ResultsStore:
+    """The driver's table of trials and step history, rewritten to Parquet on every change of state."""
+
+    def __init__(self, out: Path, sweep: ValidatedSweep, engine: str) -> None:
+        self.out, self.sweep, self.engine = out, sweep, engine
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.history: dict[str, dict[int, dict[str, float]]] = {}
+
+    @classmethod
+    def load(cls, out: Path, sweep: ValidatedSweep, engine: str) -> ResultsStore:
+        """Continue from the files a previous run of this sweep left (resume)."""
+        store = cls(out, sweep, engine)
+        if (out / TRIALS_FILE).is_file():
+            for row in pq.read_table(out / TRIALS_FILE).to_pylist():
+                store.rows[row["trial_id"]] = store._internal(row)
+        if (out / HISTORY_FILE).is_file():
+            for rec in pq.read_table(out / HISTORY_FILE).to_pylist():
+                tid, step = rec.pop("trial_id"), int(rec.pop("step"))
+                store.history.setdefault(tid, {})[step] = {k: v for k, v in rec.items() if v is not None}
+        return store
+
+    def _internal(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A Parquet row back in the store's form (params decoded from JSON where they were encoded)."""
+        out = {n: row.get(n) for n, _ in BASE_COLUMNS}
+        objective = [row.get(c) for c in objective_columns(self.sweep)]
+        out["objective"] = None if None in objective else objective
+        params = {}
+        for k, p in self.sweep.spec.parameters.items():
+            v = row.get(PARAM + k)
+            if v is not None:
+                params[k] = json.loads(v) if json_param(p) else v
+        out["params"] = params
+        out["metrics"] = {c.removeprefix(METRIC): v for c, v in row.items() if c.startswith(METRIC) and v is not None}
+        return out
+
+    def start(self, point: TrialPoint, *, mlflow_run_id: str | None = None) -> None:
+        self.rows[point.trial_id] = {
+            "trial_id": point.trial_id,
+            "sweep": self.sweep.name,
+            "experiment": self.sweep.spec.experiment,
+            "engine": self.engine,
+            "status": "RUNNING",
+            "seed": point.seed,
+            "setting_id": point.setting_id,
+            "draw": point.draw,
+            "mlflow_run_id": mlflow_run_id,
+            "start_time": now(),
+            "steps_done": 0,
+            "params": dict(point.params),
+            "metrics": {},
+            "objective": None,
+        }
+        self.history.setdefault(point.trial_id, {})
+
+    def add_step(self, trial_id: str, record: Mapping[str, float], node: str | None = None) -> None:
+        row = self.rows[trial_id]
+        step = int(record["step"])
+        self.history.setdefault(trial_id, {})[step] = {k: v for k, v in record.items() if k != "step"}
+        row["steps_done"] = max(int(row.get("steps_done") or 0), step)
+        row["node"] = node or row.get("node")
+
+    def end(self, trial_id: str, outcome: TrialOutcome) -> dict[str, Any]:
+        row = self.rows[trial_id]
+        metrics = outcome.metrics or {}
+        row |= {
+            "status": outcome.status,
+            "error": outcome.error,
+            "node": outcome.node or row.get("node"),
+            "end_time": now(),
+            "steps_done": outcome.steps_done or row.get("steps_done") or 0,
+            "metrics": dict(metrics),
+            "objective": outcome.objective,
+            "recovered": _float(metrics.get("recovered")),
+            "recovered_all": metrics.get("recovered_all"),
+        }
+        return row
+
+    def drop(self, trial_id: str) -> None:
+        self.rows.pop(trial_id, None)
+        self.history.pop(trial_id, None)
+
+    def finished(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows.values() if r["status"] != "RUNNING"]
+
+    def outcomes(self) -> dict[str, TrialOutcome]:
+        """The recorded outcome of every ended trial."""
+        return {
+            r["trial_id"]: TrialOutcome(
+                r["status"], r.get("steps_done") or 0, r["metrics"], r.get("error"), r.get("objective"), r.get("node")
+            )
+            for r in self.finished()
+        }
+
+    def write(self) -> None:
+        ordered = [self.rows[k] for k in sorted(self.rows)]
+        write_atomic(trials_table(self.sweep, self.engine, ordered), self.out / TRIALS_FILE)
+        history = {k: self.history[k] for k in sorted(self.history) if k in self.rows}
+        write_atomic(history_table(self.sweep, self.engine, history), self.out / HISTORY_FILE)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _float(v: Any) -> float | None:
+    return None if v is None else float(v)

@@ -1,0 +1,130 @@
+"""The Optuna side of a sweep spec: the define-by-run space both engines share, samplers, pruner.
+
+Replication: a *fresh* trial (one the sampler drew) enqueues a copy of its setting for every other
+grid-parameter combination and seed, so each draw runs as a group; Optuna sees every replica as
+its own trial (noise included). Grid search enqueues every point times every seed up front.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any, Literal
+
+import optuna
+from optuna.samplers import BaseSampler
+
+from apd.sweep.spec import (
+    CategoricalParam,
+    GridParam,
+    IntParam,
+    LogUniformParam,
+    UniformParam,
+    ValidatedSweep,
+    grid_combos,
+    grid_points,
+    setting_id,
+)
+from apd.sweep.trial import TrialPoint, trial_id_of
+
+SEED_ATTR = "apd.seed"
+DRAW_ATTR = "apd.draw"
+INTERRUPTED_ATTR = "apd.interrupted"
+"""Set on a trial the driver lost (killed sweep); it does not count and was enqueued again."""
+RERUN_ATTR = "apd.rerun_of"
+
+Space = Callable[[optuna.Trial], dict[str, Any]]
+
+
+def suggest(trial: optuna.Trial, key: str, p: Any) -> Any:
+    """One parameter through the matching `suggest_*` (grid parameters are categorical to Optuna)."""
+    if isinstance(p, CategoricalParam | GridParam):
+        return trial.suggest_categorical(key, p.values)
+    if isinstance(p, UniformParam):
+        return trial.suggest_float(key, p.low, p.high, step=p.step)
+    if isinstance(p, LogUniformParam):
+        return trial.suggest_float(key, p.low, p.high, log=True)
+    assert isinstance(p, IntParam)
+    return trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
+
+
+def make_space(sweep: ValidatedSweep) -> Space:
+    """The define-by-run function: returns `{"apd": TrialPoint dict}` (Ray puts it in the config)."""
+    params_spec = sweep.spec.parameters
+
+    def space(trial: optuna.Trial) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for key, p in params_spec.items():
+            if p.active(params):
+                params[key] = suggest(trial, key, p)
+        attrs = trial.user_attrs
+        if SEED_ATTR in attrs:
+            seed, draw = int(attrs[SEED_ATTR]), int(attrs[DRAW_ATTR])
+        else:
+            seed, draw = sweep.spec.seeds[0], trial.number
+            trial.set_user_attr(SEED_ATTR, seed)
+            trial.set_user_attr(DRAW_ATTR, draw)
+            enqueue_replicas(trial.study, sweep, params, draw)
+        point = TrialPoint(trial.number, trial_id_of(trial.number), seed, draw, setting_id(params), params)
+        return {"apd": point.to_dict()}
+
+    return space
+
+
+def enqueue_replicas(study: optuna.Study, sweep: ValidatedSweep, params: dict[str, Any], draw: int) -> None:
+    """Queue the drawn setting for every other grid combination and seed."""
+    grids = {k for k, p in sweep.spec.parameters.items() if isinstance(p, GridParam)}
+    drawn = {k: v for k, v in params.items() if k not in grids}
+    current = {k: v for k, v in params.items() if k in grids}
+    for combo in grid_combos(sweep.spec.parameters, drawn):
+        for seed in sweep.spec.seeds:
+            if combo == current and seed == sweep.spec.seeds[0]:
+                continue
+            study.enqueue_trial({**drawn, **combo}, user_attrs={SEED_ATTR: seed, DRAW_ATTR: draw})
+
+
+def enqueue_grid(study: optuna.Study, sweep: ValidatedSweep) -> None:
+    """Grid search: every point times every seed, in order; draw = index of the point."""
+    for i, point in enumerate(grid_points(sweep.spec.parameters)):
+        for seed in sweep.spec.seeds:
+            study.enqueue_trial(point, user_attrs={SEED_ATTR: seed, DRAW_ATTR: i})
+
+
+def make_sampler(sweep: ValidatedSweep, attempt: int = 1) -> BaseSampler:
+    """The search's sampler. A resumed sweep (attempt > 1) reseeds it, or a seeded sampler would
+    replay the first run's suggestions."""
+    search = sweep.spec.search
+    seed = search.seed if attempt == 1 else search.seed * 1_000_003 + attempt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if search.algorithm == "tpe":
+            # constant_liar: parallel trials see each other as pending, so they spread out
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+        if search.algorithm == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+        if search.algorithm == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        # random, and grid (whose trials are all enqueued, so the sampler is never asked)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+def make_pruner(sweep: ValidatedSweep) -> optuna.pruners.BasePruner:
+    """The inline engine's pruner: asynchronous successive halving (Optuna's ASHA), steps as resource."""
+    pruning = sweep.spec.pruning
+    if pruning.algorithm == "none":
+        return optuna.pruners.NopPruner()
+    assert pruning.grace_steps is not None
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=pruning.grace_steps, reduction_factor=pruning.reduction_factor
+    )
+
+
+def directions(sweep: ValidatedSweep) -> list[Literal["minimize", "maximize"]]:
+    return ["minimize" if o.mode == "min" else "maximize" for o in sweep.spec.objective]
+
+
+def pruning_sign(sweep: ValidatedSweep) -> float:
+    """Optuna's pruner ranks intermediate values in the study's direction; flip the pruning metric
+    when its mode differs (e.g. prune on total_loss, min, while maximising mmcs)."""
+    obj_min = sweep.spec.objective[0].mode == "min"
+    return 1.0 if obj_min == (sweep.spec.pruning.mode == "min") else -1.0

@@ -1,0 +1,93 @@
+"""A real 2-node Ray cluster: trials run on both nodes, and killing the worker node loses no trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.sweep.conftest import sweep_dict, write_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def cluster() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("ray_cluster.py"))],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    info = json.loads(proc.stdout.readline())
+    yield proc, info
+    if proc.poll() is None:
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+
+
+def rows(out: Path) -> dict[str, dict]:
+    path = out / "trials.parquet"
+    return {r["trial_id"]: r for r in pq.read_table(path).to_pylist()} if path.exists() else {}
+
+
+@pytest.mark.slow
+def test_two_node_sweep_survives_losing_the_worker(
+    cluster: tuple[subprocess.Popen[str], dict[str, str]], tiny_target: Path, tmp_path: Path
+) -> None:
+    proc, info = cluster
+    data = sweep_dict(tiny_target, name="cluster", search={"algorithm": "random", "n_trials": 4, "seed": 0})
+    data["fixed"]["steps"] = 400
+    data["max_failures"] = 2
+    spec, out = write_sweep(tmp_path / "cluster.yaml", data), tmp_path / "out"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "apd.sweep", str(spec), "--out", str(out), "--address", info["address"]],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"RAY_AUTH_MODE": "disabled"},
+    )
+    # once a trial finished on the worker node, wait until the next one there has saved a checkpoint,
+    # then kill the node under it
+    victim, deadline = None, time.monotonic() + 150
+    while victim is None and time.monotonic() < deadline:
+        assert driver.poll() is None, driver.communicate()[0]
+        seen = rows(out)
+        if any(r["status"] == "COMPLETE" and r["node"] == info["worker"] for r in seen.values()):
+            running = [t for t, r in seen.items() if r["status"] == "RUNNING" and r["node"] == info["worker"]]
+            victim = next((t for t in running if any((out / "ray/attempt-1" / t).glob("checkpoint_*"))), None)
+        time.sleep(0.02)
+    assert victim is not None, "no trial ever ran on the worker node"
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("kill-worker\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "killed"
+
+    log = driver.communicate(timeout=240)[0]
+    assert driver.returncode == 0, log
+    final = rows(out)
+    assert len(final) == 8 and {r["status"] for r in final.values()} == {"COMPLETE"}, log
+    nodes = {r["node"] for r in final.values()}
+    assert info["worker"] in nodes and info["head"] in nodes  # both nodes ran trials
+    # the trial that lost its node was retried on the head and finished all its steps
+    assert final[victim]["node"] == info["head"] and final[victim]["steps_done"] == 400
+    hist = pq.read_table(out / "history.parquet").to_pandas()
+    assert hist[hist.trial_id == victim].step.tolist() == list(range(0, 401, 20))
+    # Tune's own log of the victim: its steps restart once, from its checkpoint rather than step 0
+    lines = (out / "ray/attempt-1" / victim / "result.json").read_text().splitlines()
+    steps = [r["apd.step"] for r in map(json.loads, lines) if "apd.step" in r]
+    restarts = [b for a, b in zip(steps, steps[1:], strict=False) if b <= a]
+    assert len(restarts) == 1 and restarts[0] > 0, steps

@@ -1,0 +1,298 @@
+"""Sweep YAML validation: good files load, bad ones fail in one line naming the file and field."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from apd.errors import ConfigError
+from apd.sweep.spec import corner_points, grid_combos, grid_points, load_spec, setting_id
+
+BASE = {
+    "experiment": "tms-5-2",
+    "fixed": {"steps": 200, "batch_size": 256},
+    "report_every": 50,
+    "parameters": {"topk": {"type": "uniform", "low": 0.15, "high": 0.3}},
+    "seeds": [0, 1, 2],
+    "search": {"algorithm": "tpe", "n_trials": 4},
+    "objective": {"metric": "mmcs", "mode": "max"},
+}
+
+
+def write(tmp_path: Path, data: dict | str, name: str = "x.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def with_(**changes: object) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return data
+
+
+def test_good_file_resolves_counts_and_configs(tmp_path: Path) -> None:
+    sweep = load_spec(write(tmp_path, BASE, "quick.yaml"))
+    assert sweep.name == "quick"
+    assert sweep.report_every == 50 and sweep.max_steps == 200
+    # 4 draws x 1 grid combination x 3 seeds
+    assert (sweep.n_draws, sweep.group_size, sweep.total_trials) == (4, 3, 12)
+    cfg = sweep.config({"topk": 0.2}, 2)
+    assert (cfg.topk, cfg.seed, cfg.target.seed, cfg.log_every, cfg.steps) == (0.2, 2, 0, 50, 200)
+
+
+def test_seed_target_also_seeds_the_target(tmp_path: Path) -> None:
+    sweep = load_spec(write(tmp_path, with_(seed_target=True)))
+    assert sweep.config({"topk": 0.2}, 3).target.seed == 3
+
+
+BAD = [
+    # (changes to BASE, expected message after "x.yaml: ")
+    ({"parameters__topk__low": -1}, "parameters.topk.low: must be > 0 (got -1)"),
+    ({"parameters__topkk": {"type": "uniform", "low": 0.1, "high": 0.2}}, "parameters.topkk: unknown key"),
+    (
+        {"parameters__target.feature_prob": {"type": "categorical", "values": [0.05]}},
+        "parameters.target.feature_prob: unknown key",
+    ),
+    ({"fixed__foo": 1}, "fixed.foo: unknown key"),
+    ({"fixed__C.x": 1}, "fixed.C.x: C is not a section"),
+    ({"fixed__lr": -0.1}, "fixed.lr: must be > 0 (got -0.1)"),
+    ({"objective": None}, "objective: required"),
+    ({"bogus": 1}, "bogus: unknown key"),
+    (
+        {"parameters__lr": {"type": "normal", "low": 0.1, "high": 1}},
+        "parameters.lr: unknown type 'normal'; one of categorical, grid, uniform, loguniform, int",
+    ),
+    (
+        {"parameters__lr": {"low": 0.1, "high": 1}},
+        "parameters.lr: needs type: one of categorical, grid, uniform, loguniform, int",
+    ),
+    ({"parameters__lr": 3}, "parameters.lr: expected a mapping (got 3)"),
+    ({"parameters__topk__bogus": 1}, "parameters.topk.bogus: unknown key"),
+    (
+        {"parameters__topk__low": "x"},
+        "parameters.topk.low: Input should be a valid number, unable to parse string as a number (got 'x')",
+    ),
+    (
+        {"parameters__lr": {"type": "loguniform", "low": 0, "high": 1}},
+        "parameters.lr.low: must be > 0 for loguniform (got 0)",
+    ),
+    ({"parameters__topk__high": 0.1}, "parameters.topk.high: must be > low (0.15) (got 0.1)"),
+    ({"parameters__topk__step": 0.04}, "parameters.topk.step: high - low (0.15) must be a multiple of step (got 0.04)"),
+    (
+        {"parameters__C": {"type": "int", "low": 3, "high": 9, "step": 2, "log": True}},
+        "parameters.C: log int ranges need low > 0 and step 1 (got low 3, step 2)",
+    ),
+    (
+        {"parameters__C": {"type": "categorical", "values": [3, 3]}},
+        "parameters.C.values: must be distinct (got [3, 3])",
+    ),
+    (
+        {"parameters__C": {"type": "categorical", "values": []}},
+        "parameters.C.values: List should have at least 1 item after validation, not 0 (got [])",
+    ),
+    (
+        {"parameters__attribution_type": {"type": "categorical", "values": ["gradient", "bogus"]}},
+        "parameters.attribution_type.values.1: Input should be 'gradient', 'gradient_apd', 'activation' or 'ablation' "
+        "(got 'bogus')",
+    ),
+    ({"parameters__topk__low": 0.001}, "topk * batch_size must be >= 1 (got 0.001 * 256) (at topk=0.001)"),
+    (
+        {"parameters__seed": {"type": "categorical", "values": [1, 2]}},
+        "parameters.seed: set the replica seeds with `seeds`",
+    ),
+    ({"fixed__log_every": 10}, "fixed.log_every: set the reporting interval with `report_every`"),
+    ({"fixed__topk": 0.2}, "parameters.topk: also set in fixed; keep one"),
+    (
+        {"parameters__m": {"type": "int", "low": 1, "high": 3, "when": {"C": 5}}},
+        "parameters.m.when.C: must name a parameter defined above m",
+    ),
+    (
+        {"parameters__m": {"type": "int", "low": 1, "high": 3, "when": {"topk": 0.2}}},
+        "parameters.m.when.topk: conditions need a categorical or grid parameter",
+    ),
+    ({"search__n_trials": None}, "search.n_trials: required for tpe search"),
+    ({"search__n_trials": 0}, "search.n_trials: must be > 0 (got 0)"),
+    (
+        {"search__algorithm": "bayes"},
+        "search.algorithm: Input should be 'grid', 'random', 'tpe', 'cmaes' or 'nsga2' (got 'bayes')",
+    ),
+    ({"search__algorithm": "grid"}, "parameters.topk: grid search needs values or a step (uniform without step)"),
+    ({"objective": {"metric": "mmc", "mode": "max"}}, "objective.0.metric: unknown metric 'mmc'"),
+    ({"objective": {"metric": "mmcs", "mode": "up"}}, "objective.0.mode: Input should be 'min' or 'max' (got 'up')"),
+    (
+        {
+            "objective": [{"metric": "mmcs", "mode": "max"}, {"metric": "ml2r", "mode": "max"}],
+            "search__algorithm": "cmaes",
+        },
+        "search.algorithm: cmaes is single-objective; use nsga2, tpe or random",
+    ),
+    ({"pruning": {"algorithm": "asha"}}, "pruning.grace_steps: required for asha"),
+    ({"pruning": {"algorithm": "asha", "grace_steps": 50, "metric": "mmcs"}}, "pruning.metric: must be a step metric"),
+    (
+        {
+            "pruning": {"algorithm": "asha", "grace_steps": 50},
+            "objective": [{"metric": "mmcs", "mode": "max"}, {"metric": "ml2r", "mode": "max"}],
+        },
+        "pruning.algorithm: multi-objective sweeps cannot prune (use none)",
+    ),
+    (
+        {"pruning": {"algorithm": "asha", "grace_steps": 50, "reduction_factor": 1}},
+        "pruning.reduction_factor: must be >= 2 (got 1)",
+    ),
+    ({"resources": {"gpus": 1.5}}, "resources.gpus: fractional only below 1 (got 1.5)"),
+    ({"resources": {"cpus": 0}}, "resources.cpus: must be > 0 (got 0)"),
+    ({"seeds": [0, 0]}, "seeds: must be distinct (got [0, 0])"),
+    ({"seeds": []}, "seeds: List should have at least 1 item after validation, not 0 (got [])"),
+    ({"checkpoint_every": 75}, "checkpoint_every: must be a multiple of report_every (50) (got 75)"),
+    ({"experiment": "nope"}, "experiment: unknown experiment 'nope'; known:"),
+    ({"experiment": "missing.yaml"}, "experiment: missing.yaml: no such file"),
+]
+
+
+@pytest.mark.parametrize(("changes", "expected"), BAD, ids=[e.split(":")[0] for _, e in BAD])
+def test_bad_files_fail_in_one_line_naming_the_field(tmp_path: Path, changes: dict, expected: str) -> None:
+    data = yaml.safe_load(yaml.safe_dump(BASE))
+    for key, value in changes.items():
+        node = data
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_spec(path)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{path}: {expected}"), msg
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"x.yaml: line 2 not valid YAML"):
+        load_spec(write(tmp_path, "a: [1\nb: 2\n"))
+    with pytest.raises(ConfigError, match=r"x.yaml: expected a mapping of sweep keys"):
+        load_spec(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_experiment_path_relative_to_the_sweep_file(tmp_path: Path) -> None:
+    exp = yaml.safe_load((Path(__file__).parents[2] / "apd/experiments/tms-5-2.yaml").read_text())
+    (tmp_path / "cfgs").mkdir()
+    write(tmp_path / "cfgs", exp, "mine.yaml")
+    sweep = load_spec(write(tmp_path, with_(experiment="cfgs/mine.yaml")))
+    assert sweep.experiment_path == tmp_path / "cfgs/mine.yaml"
+    assert sweep.resolved_dict()["experiment"] == str((tmp_path / "cfgs/mine.yaml").resolve())
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, with_(parameters__topk__low=-1))
+    res = subprocess.run(
+        [sys.executable, "-m", "apd.sweep", str(path), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert res.returncode == 2
+    assert res.stderr == f"error: {path}: parameters.topk.low: must be > 0 (got -1)\n"
+    assert not (tmp_path / "o").exists()  # nothing launched, nothing written
+
+
+def test_grid_points_respect_conditions() -> None:
+    from apd.sweep.spec import SweepSpec
+
+    spec = SweepSpec.model_validate(
+        {
+            "experiment": "tms-5-2",
+            "objective": {"metric": "mmcs", "mode": "max"},
+            "search": {"algorithm": "grid"},
+            "parameters": {
+                "unit_norm_matrices": {"type": "categorical", "values": [False, True]},
+                "init_scale": {
+                    "type": "uniform",
+                    "low": 1.0,
+                    "high": 2.0,
+                    "step": 0.5,
+                    "when": {"unit_norm_matrices": True},
+                },
+                "C": {"type": "int", "low": 5, "high": 7, "step": 2},
+            },
+        }
+    )
+    points = grid_points(spec.parameters)
+    # unit_norm False: 2 values of C; True: 3 init scales x 2 values of C
+    assert len(points) == 2 + 6
+    assert {"unit_norm_matrices": False, "C": 5} in points
+    assert {"unit_norm_matrices": True, "init_scale": 1.5, "C": 7} in points
+    assert all(("init_scale" in p) == p["unit_norm_matrices"] for p in points)
+
+
+def test_grid_parameters_cross_each_draw() -> None:
+    from apd.sweep.spec import SweepSpec
+
+    spec = SweepSpec.model_validate(
+        {
+            "experiment": "tms-5-2",
+            "objective": {"metric": "mmcs", "mode": "max"},
+            "parameters": {
+                "lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1},
+                "C": {"type": "grid", "values": [5, 6]},
+                "m": {"type": "grid", "values": [1, 2], "when": {"C": 6}},
+            },
+        }
+    )
+    combos = grid_combos(spec.parameters, {"lr": 0.01})
+    assert combos == [{"C": 5}, {"C": 6, "m": 1}, {"C": 6, "m": 2}]
+
+
+def test_corners_fall_back_to_one_at_a_time() -> None:
+    from apd.sweep.spec import SweepSpec
+
+    params = {"eval.mmcs_min": {"type": "uniform", "low": 0.5, "high": 0.9}}
+    params |= {k: {"type": "categorical", "values": list(range(8))} for k in ("C", "m", "eval.scrub_batches", "steps")}
+    spec = SweepSpec.model_validate(
+        {"experiment": "x", "objective": {"metric": "mmcs", "mode": "max"}, "parameters": params}
+    )
+    points = list(corner_points(spec.parameters))
+    # 2 * 8**4 = 8192 > 512 combinations: each parameter varied alone around the first corner
+    assert len(points) == 2 + 4 * 8
+
+
+def test_setting_id_ignores_order_and_separates_values() -> None:
+    assert setting_id({"a": 1, "b": 0.5}) == setting_id({"b": 0.5, "a": 1})
+    assert setting_id({"a": 1}) != setting_id({"a": 2})
+    assert len(setting_id({})) == 10
+
+
+SWEEPS = sorted((Path(__file__).parents[2] / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.stem for p in SWEEPS])
+def test_shipped_sweeps_are_valid(path: Path) -> None:
+    sweep = load_spec(path)
+    assert sweep.name == path.stem
+    assert len(sweep.spec.seeds) >= 3  # the recovery verdict needs at least 3 seeds per setting
+    if path.stem == "quickstart":
+        assert sweep.total_trials == 9 and sweep.max_steps == 2000
+    else:  # paper experiments at the paper's step counts, searching top-k, coefficients, C and m
+        assert {"topk", "C", "m", "topk_recon_coeff", "schatten_coeff"} <= set(sweep.spec.parameters)
+        assert sweep.max_steps >= 10_000
+
+
+def test_all_paper_experiments_have_a_sweep() -> None:
+    names = {p.stem for p in SWEEPS}
+    assert {"quickstart", "tms-5-2", "tms-40-10", "tms-5-2-id", "resid-mlp-1", "resid-mlp-2", "resid-mlp-3"} <= names
