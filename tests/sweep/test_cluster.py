@@ -49,7 +49,7 @@ def test_two_node_sweep_survives_losing_the_worker(
 ) -> None:
     proc, info = cluster
     data = sweep_dict(tiny_target, name="cluster", search={"algorithm": "random", "n_trials": 4, "seed": 0})
-    data["fixed"]["steps"] = 400
+    data["fixed"]["steps"] = 300
     data["max_failures"] = 2
     spec, out = write_sweep(tmp_path / "cluster.yaml", data), tmp_path / "out"
     driver = subprocess.Popen(
@@ -83,11 +83,13 @@ def test_two_node_sweep_survives_losing_the_worker(
     nodes = {r["node"] for r in final.values()}
     assert info["worker"] in nodes and info["head"] in nodes  # both nodes ran trials
     # the trial that lost its node was retried on the head and finished all its steps
-    assert final[victim]["node"] == info["head"] and final[victim]["steps_done"] == 400
+    assert final[victim]["node"] == info["head"] and final[victim]["steps_done"] == 300
     hist = pq.read_table(out / "history.parquet").to_pandas()
-    assert hist[hist.trial_id == victim].step.tolist() == list(range(0, 401, 20))
-    # Tune's own log of the victim: its steps restart once, from its checkpoint rather than step 0
+    assert hist[hist.trial_id == victim].step.tolist() == list(range(0, 301, 20))
+    # Tune's own log of the victim: the retry on the head resumed from the worker's checkpoint (it
+    # never reported step 0 again, and left no gap)
     lines = (out / "ray/attempt-1" / victim / "result.json").read_text().splitlines()
-    steps = [r["apd.step"] for r in map(json.loads, lines) if "apd.step" in r]
-    restarts = [b for a, b in zip(steps, steps[1:], strict=False) if b <= a]
-    assert len(restarts) == 1 and restarts[0] > 0, steps
+    reports = [r for r in map(json.loads, lines) if r.get("apd.kind") == "step"]
+    on_worker = [r["apd.step"] for r in reports if r["apd.node"] == info["worker"]]
+    on_head = [r["apd.step"] for r in reports if r["apd.node"] == info["head"]]
+    assert on_worker and on_head and 0 < min(on_head) <= max(on_worker) + 20, (on_worker, on_head)

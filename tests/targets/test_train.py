@@ -200,7 +200,7 @@ def test_errors_for_names_devices_and_files(monkeypatch: pytest.MonkeyPatch) -> 
         train_target("user")
     with pytest.raises(ConfigError, match=r"/nonexistent/net\.pt: no such file"):
         load_target(TargetRef(name="user"), "cpu")
-    with pytest.raises(ConfigError, match="device: unknown device 'gpu0'"):
+    with pytest.raises(ConfigError, match=r"device: not a torch device \(got 'gpu0'\)"):
         resolve_device("gpu0")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
 
