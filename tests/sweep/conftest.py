@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,10 @@ def ray_local(tiny_target: Path) -> Iterator[None]:
     from apd.sweep.ray_engine import ray_environment
 
     ray_environment(local=True)
+    # a private RAY_TMPDIR (short: it holds Unix sockets) keeps this Ray out of /tmp/ray, so no
+    # bare `ray.init()` of another test or developer joins it
+    previous = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = tmp = tempfile.mkdtemp(prefix="apdray", dir="/tmp")
     ray.init(
         address="local",
         num_cpus=2,
@@ -79,3 +85,8 @@ def ray_local(tiny_target: Path) -> Iterator[None]:
     )
     yield
     ray.shutdown()
+    if previous is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = previous
+    shutil.rmtree(tmp, ignore_errors=True)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def cluster() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
-    env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    # a private RAY_TMPDIR: the cluster's sessions and its `ray_current_cluster` file stay out of
+    # /tmp/ray, where a bare `ray.init()` elsewhere would find and join it
+    tmp = tempfile.mkdtemp(prefix="apdray", dir="/tmp")
+    env = os.environ | {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "RAY_TMPDIR": tmp}
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("ray_cluster.py"))],
         cwd=ROOT,
@@ -36,6 +41,7 @@ def cluster() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
         proc.stdin.write("stop\n")
         proc.stdin.flush()
         proc.wait(timeout=60)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def rows(out: Path) -> dict[str, dict]:
@@ -60,15 +66,12 @@ def test_two_node_sweep_survives_losing_the_worker(
         text=True,
         env=os.environ | {"RAY_AUTH_MODE": "disabled"},
     )
-    # once a trial finished on the worker node, wait until the next one there has saved a checkpoint,
-    # then kill the node under it
-    victim, deadline = None, time.monotonic() + 150
+    # wait until a trial on the worker node has saved a checkpoint, then kill the node under it
+    victim, deadline = None, time.monotonic() + 300
     while victim is None and time.monotonic() < deadline:
         assert driver.poll() is None, driver.communicate()[0]
-        seen = rows(out)
-        if any(r["status"] == "COMPLETE" and r["node"] == info["worker"] for r in seen.values()):
-            running = [t for t, r in seen.items() if r["status"] == "RUNNING" and r["node"] == info["worker"]]
-            victim = next((t for t in running if any((out / "ray/attempt-1" / t).glob("checkpoint_*"))), None)
+        running = [t for t, r in rows(out).items() if r["status"] == "RUNNING" and r["node"] == info["worker"]]
+        victim = next((t for t in running if any((out / "ray/attempt-1" / t).glob("checkpoint_*"))), None)
         time.sleep(0.02)
     assert victim is not None, "no trial ever ran on the worker node"
     assert proc.stdin is not None and proc.stdout is not None
@@ -76,12 +79,11 @@ def test_two_node_sweep_survives_losing_the_worker(
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == "killed"
 
-    log = driver.communicate(timeout=240)[0]
+    log = driver.communicate(timeout=400)[0]
     assert driver.returncode == 0, log
     final = rows(out)
     assert len(final) == 8 and {r["status"] for r in final.values()} == {"COMPLETE"}, log
-    nodes = {r["node"] for r in final.values()}
-    assert info["worker"] in nodes and info["head"] in nodes  # both nodes ran trials
+    assert info["head"] in {r["node"] for r in final.values()}
     # the trial that lost its node was retried on the head and finished all its steps
     assert final[victim]["node"] == info["head"] and final[victim]["steps_done"] == 300
     hist = pq.read_table(out / "history.parquet").to_pandas()
@@ -92,4 +94,5 @@ def test_two_node_sweep_survives_losing_the_worker(
     reports = [r for r in map(json.loads, lines) if r.get("apd.kind") == "step"]
     on_worker = [r["apd.step"] for r in reports if r["apd.node"] == info["worker"]]
     on_head = [r["apd.step"] for r in reports if r["apd.node"] == info["head"]]
+    # both nodes ran it, and the retry neither restarted at step 0 nor skipped steps
     assert on_worker and on_head and 0 < min(on_head) <= max(on_worker) + 20, (on_worker, on_head)
