@@ -1,23 +1,28 @@
 """Training steps per second and peak memory of the fast and the naive (reference) APD step.
 
-Each (case, implementation, threads) runs in its own subprocess, so peak memory and thread
-settings do not leak between measurements. A case is an experiment config (its C, m, topk, loss
-coefficients) at a batch size, with a freshly initialised target of the experiment's architecture
-(trained weights do not matter for speed) and sparse input batches from the target's data
-distribution. A timed step is the whole training step of `apd.decompose`: unit-norm, loss,
-backward, gradient projection, AdamW.
+Cases (`--configs`): `tms-5-2` and `tms-40-10` (batch 2048), `resid-mlp-1-b256` and
+`resid-mlp-1-b2048` (the resid-mlp-1 experiment at batch 256, as the reference code's yaml, and
+2048, as the paper), `resid-mlp-2` (batch 2048). Each uses its experiment config's C, m, topk,
+attribution type and loss coefficients, a freshly initialised target of the experiment's
+architecture (trained weights do not matter for speed) and sparse input batches from the
+target's data distribution. A timed step is the whole training step of `apd.decompose`:
+unit-norm, loss, backward, gradient projection, AdamW.
 
-Both implementations first compute the loss on the same batch with the same initial components;
-`losses_match` says whether every term agrees (rel 1e-4; the fast step omits the unused
-`out_recon_loss`).
+Each (case, implementation, threads) runs in its own subprocess, so peak memory and thread
+settings do not leak between measurements. Steps/s is the median over `--windows` timed windows
+(each >= `--window-s` seconds) after a warm-up; `cpu_steps_per_s` uses the process's CPU time
+instead of wall time (all threads), which a loaded machine disturbs less. Both implementations
+first compute the loss on the same batch with the same initial components: `losses_match` says
+whether every term agrees (rel 1e-4; the fast step omits the unused `out_recon_loss`).
 
 Peak memory: CPU = growth of the process's peak RSS (`ru_maxrss`) over its RSS before the first
 step (torch's allocations are invisible to tracemalloc); CUDA = `max_memory_allocated` over the
 allocation before the first step.
 
-    python bench/step_speed.py                      # all cases, CPU, 1 thread, a table
-    python bench/step_speed.py --threads 1,2 --json
-    python bench/step_speed.py --device cuda --json
+    python bench/step_speed.py                          # all cases, CPU, 1 thread, a table
+    python bench/step_speed.py --threads 1,2 --json     # keys get a -t1 / -t2 suffix
+    python bench/step_speed.py --device cuda --json --out gpu.json
+    python bench/step_speed.py --ab compile=true        # fast step with/without a switch, interleaved
 """
 
 from __future__ import annotations
@@ -147,14 +152,15 @@ def worker(case: str, implementation: str, threads: int, device: str, windows: i
         for i in range(min(n, 20)):
             step(batches[i % N_BATCHES])
         sync()
-    rates = []
+    rates, cpu_rates = [], []
     for w in range(windows):
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for i in range(n):
             step(batches[(w * n + i) % N_BATCHES])
         sync()
         rates.append(n / (time.perf_counter() - t0))
+        cpu_rates.append(n / max(time.process_time() - c0, 1e-9))
     if dev.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 - base_mb
     else:
@@ -162,6 +168,7 @@ def worker(case: str, implementation: str, threads: int, device: str, windows: i
     return {
         "steps_per_s": statistics.median(rates),
         "windows": rates,
+        "cpu_steps_per_s": statistics.median(cpu_rates),
         "steps_per_window": n,
         "peak_mb": max(peak_mb, 0.0),
         "losses": losses,
@@ -169,6 +176,36 @@ def worker(case: str, implementation: str, threads: int, device: str, windows: i
         "device": str(dev),
         "torch": torch.__version__,
     }
+
+
+def ab_worker(case: str, threads: int, device: str, windows: int, window_s: float, base: dict[str, Any],
+              variant: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Fast step with `base` overrides (a) against `base | variant` (b), timed in alternating windows."""
+    import torch
+
+    torch.set_num_threads(threads)
+    setups = {"a": setup(case, "fast", device, base), "b": setup(case, "fast", device, base | variant)}
+    n = {}
+    for key, s in setups.items():
+        for i in range(3):  # warm-up (and compilation)
+            s.step(s.batches[i % N_BATCHES])
+        s.sync()
+        t0 = time.perf_counter()
+        s.step(s.batches[0])
+        s.sync()
+        n[key] = max(1, math.ceil(window_s / max(time.perf_counter() - t0, 1e-6)))
+    rates: dict[str, list[float]] = {"a": [], "b": []}
+    for w in range(windows):
+        for key in "ab" if w % 2 == 0 else "ba":
+            s = setups[key]
+            s.sync()
+            t0 = time.perf_counter()
+            for i in range(n[key]):
+                s.step(s.batches[(w * n[key] + i) % N_BATCHES])
+            s.sync()
+            rates[key].append(n[key] / (time.perf_counter() - t0))
+    a, b = statistics.median(rates["a"]), statistics.median(rates["b"])
+    return {"a_steps_per_s": a, "b_steps_per_s": b, "ratio": b / a, "a_windows": rates["a"], "b_windows": rates["b"]}
 
 
 def run_worker(case: str, implementation: str, threads: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -181,6 +218,35 @@ def run_worker(case: str, implementation: str, threads: int, args: argparse.Name
     if proc.returncode != 0:
         raise SystemExit(f"error: worker {case}/{implementation} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_ab(cases: list[str], threads: list[int], args: argparse.Namespace) -> int:
+    results = {}
+    for case in cases:
+        for n_threads in threads:
+            key = case if len(threads) == 1 else f"{case}-t{n_threads}"
+            cmd = [sys.executable, __file__, "--worker-ab", case, "--threads", str(n_threads), "--device", args.device,
+                   "--windows", str(args.windows), "--window-s", str(args.window_s)]  # fmt: skip
+            for item in args.set + args.fast_set:
+                cmd += ["--set", item]
+            for item in args.ab:
+                cmd += ["--ab", item]
+            env = {**os.environ, "OMP_NUM_THREADS": str(n_threads), "MKL_NUM_THREADS": str(n_threads)}
+            load = os.getloadavg()[0]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            if proc.returncode != 0:
+                raise SystemExit(f"error: A/B worker {case} failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1]) | {"load_before": load}
+            results[key] = r
+            if not args.json:
+                print(f"{key:22s} a {r['a_steps_per_s']:8.3g}  b ({' '.join(args.ab)}) {r['b_steps_per_s']:8.3g} "
+                      f"steps/s: b/a {r['ratio']:.2f}  load {load:.1f}", flush=True)  # fmt: skip
+    if args.json:
+        print(json.dumps(results, indent=2))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
 
 
 def losses_match(fast: dict[str, float], naive: dict[str, float], rel: float = 1e-4) -> bool:
@@ -206,7 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--out", help="also write the JSON object to this file")
+    p.add_argument(
+        "--ab",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="instead: the fast step with these overrides (b) against without (a), in alternating windows",
+    )
     p.add_argument("--worker", nargs=2, metavar=("CASE", "IMPL"), help=argparse.SUPPRESS)
+    p.add_argument("--worker-ab", metavar="CASE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     from apd.config import parse_overrides
@@ -216,11 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(worker(*args.worker, threads[0], args.device, args.windows, args.window_s, overrides)))
         return 0
+    if args.worker_ab:
+        variant = parse_overrides(args.ab)
+        print(json.dumps(ab_worker(args.worker_ab, threads[0], args.device, args.windows, args.window_s,
+                                   overrides, variant)))  # fmt: skip
+        return 0
     cases = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         print(f"error: --configs: unknown case {unknown[0]!r}; known: {', '.join(CASES)}", file=sys.stderr)
         return 2
+    if args.ab:
+        return run_ab(cases, threads, args)
     impls = [i.strip() for i in args.implementations.split(",")]
     results: dict[str, dict[str, Any]] = {}
     for case in cases:
