@@ -20,16 +20,7 @@ from apd.config import DecomposeConfig
 from apd.data import Batches
 from apd.decompose import StepRecord, decompose
 from apd.device import resolve_device
-
-LOSS_KEYS = (
-    "total_loss",
-    "faithfulness_loss",
-    "topk_recon_loss",
-    "act_recon_loss",
-    "schatten_loss",
-    "lp_sparsity_loss",
-    "out_recon_loss",
-)
+from apd.metrics.keys import LOSS_KEYS
 
 
 @dataclass

@@ -45,16 +45,9 @@ from apd.analysis._spec import SweepInfo, sweep_info
 from apd.analysis._verdict import eval_config, rejudge
 from apd.config import EvalConfig
 from apd.errors import ConfigError
+from apd.metrics.keys import LOSS_KEYS
 
-LOSSES = (
-    "total_loss",
-    "faithfulness_loss",
-    "topk_recon_loss",
-    "act_recon_loss",
-    "schatten_loss",
-    "lp_sparsity_loss",
-    "out_recon_loss",
-)
+LOSSES = LOSS_KEYS
 MAX_MAPS = 3
 MAX_PARAMS = 4
 

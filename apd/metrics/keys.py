@@ -10,9 +10,7 @@ from typing import Any, Literal
 
 Family = Literal["tms", "resid_mlp", "generic"]
 
-RUN_KEYS = (
-    "status",
-    "steps_done",
+LOSS_KEYS = (
     "total_loss",
     "faithfulness_loss",
     "topk_recon_loss",
@@ -20,8 +18,10 @@ RUN_KEYS = (
     "schatten_loss",
     "lp_sparsity_loss",
     "out_recon_loss",
-    "mean_active",
 )
+"""Final loss terms (null where a term is off)."""
+
+RUN_KEYS = ("status", "steps_done", *LOSS_KEYS, "mean_active")
 """Written by the run code (not by `evaluate`)."""
 
 COMMON_KEYS = (
