@@ -12,9 +12,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from apd.errors import ConfigError
+from apd.sweep.results import HISTORY_FILE, TRIALS_FILE, read_table
 
-TRIALS_FILE = "trials.parquet"
-HISTORY_FILE = "history.parquet"
 SPEC_FILE = "sweep.yaml"
 TRIAL_COLUMNS = ("trial_id", "status")
 HISTORY_COLUMNS = ("trial_id", "step")
@@ -25,7 +24,7 @@ def read_parquet(path: Path, required: Sequence[str] = ()) -> pd.DataFrame:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file (not a sweep output directory?)")
     try:
-        df = pq.read_table(path).to_pandas()
+        df = read_table(path).to_pandas()  # one handle: a running sweep may rewrite the file
     except (pa.ArrowException, OSError, ValueError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"{path}: not a readable Parquet file ({reason})") from None

@@ -182,6 +182,13 @@ def history_table(
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def read_table(path: Path) -> pa.Table:
+    """Read a results file through one open handle. Given a path, pyarrow opens the file once for the
+    footer and again for the pages; a sweep's `write_atomic` between the two opens gives a torn read."""
+    with open(path, "rb") as f:
+        return pq.read_table(f)
+
+
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write next to `path`, then rename over it: readers never see a half-written file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -206,10 +213,10 @@ class ResultsStore:
         """Continue from the files a previous run of this sweep left (resume)."""
         store = cls(out, sweep, engine)
         if (out / TRIALS_FILE).is_file():
-            for row in pq.read_table(out / TRIALS_FILE).to_pylist():
+            for row in read_table(out / TRIALS_FILE).to_pylist():
                 store.rows[row["trial_id"]] = store._internal(row)
         if (out / HISTORY_FILE).is_file():
-            for rec in pq.read_table(out / HISTORY_FILE).to_pylist():
+            for rec in read_table(out / HISTORY_FILE).to_pylist():
                 tid, step = rec.pop("trial_id"), int(rec.pop("step"))
                 store.history.setdefault(tid, {})[step] = {k: v for k, v in rec.items() if v is not None}
         return store

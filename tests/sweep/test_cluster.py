@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
+from apd.sweep.results import read_table
 from tests.sweep.conftest import sweep_dict, write_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def cluster() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
 
 def rows(out: Path) -> dict[str, dict]:
     path = out / "trials.parquet"
-    return {r["trial_id"]: r for r in pq.read_table(path).to_pylist()} if path.exists() else {}
+    return {r["trial_id"]: r for r in read_table(path).to_pylist()} if path.exists() else {}
 
 
 @pytest.mark.slow
@@ -86,7 +86,7 @@ def test_two_node_sweep_survives_losing_the_worker(
     assert info["head"] in {r["node"] for r in final.values()}
     # the trial that lost its node was retried on the head and finished all its steps
     assert final[victim]["node"] == info["head"] and final[victim]["steps_done"] == 300
-    hist = pq.read_table(out / "history.parquet").to_pandas()
+    hist = read_table(out / "history.parquet").to_pandas()
     assert hist[hist.trial_id == victim].step.tolist() == list(range(0, 301, 20))
     # Tune's own log of the victim: the retry on the head resumed from the worker's checkpoint (it
     # never reported step 0 again, and left no gap)

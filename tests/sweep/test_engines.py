@@ -8,11 +8,11 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
-import pyarrow.parquet as pq
 import pytest
 from mlflow import MlflowClient
 
 from apd.errors import ConfigError
+from apd.sweep.results import read_table
 from apd.sweep.runner import sweep_main
 from tests.sweep.conftest import sweep_dict, write_sweep
 
@@ -32,7 +32,7 @@ def args(spec: Path | None, out: Path, **kw: object) -> argparse.Namespace:
 
 
 def trials(out: Path) -> dict[str, dict]:
-    return {r["trial_id"]: r for r in pq.read_table(out / "trials.parquet").to_pylist()}
+    return {r["trial_id"]: r for r in read_table(out / "trials.parquet").to_pylist()}
 
 
 def study_states(out: Path, name: str) -> Counter[str]:
@@ -65,7 +65,7 @@ def check_faults(out: Path, engine: str) -> dict[str, dict]:
     assert rows["t0002"]["steps_done"] == 20 and rows["t0002"]["objective"] is None
     assert rows["t0000"]["objective"] == rows["t0000"]["metric.mmcs"] and rows["t0000"]["steps_done"] == 60
     assert all(r["engine"] == engine and r["sweep"] == "faults" and r["node"] for r in rows.values())
-    hist = pq.read_table(out / "history.parquet").to_pandas()
+    hist = read_table(out / "history.parquet").to_pandas()
     assert hist[hist.trial_id == "t0000"].step.tolist() == [0, 20, 40, 60]
     assert study_states(out, "faults") == {"COMPLETE": 1, "PRUNED": 1, "FAIL": 2}
     assert (out / "trials/t0000/metrics.json").is_file() and not (out / "trials/t0001").exists()

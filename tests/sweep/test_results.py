@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from apd.sweep.results import HISTORY_FILE, SCHEMA_VERSION, TRIALS_FILE, ResultsStore
+from apd.sweep.results import HISTORY_FILE, SCHEMA_VERSION, TRIALS_FILE, ResultsStore, read_table
 from apd.sweep.spec import validate_spec
 from apd.sweep.trial import TrialOutcome, TrialPoint
 
@@ -188,3 +188,21 @@ def test_rewrite_is_atomic_under_sigkill(tmp_path: Path) -> None:
         assert len(set(table.column("i").to_pylist())) == 1
     leftovers = [p.name for p in tmp_path.iterdir() if p.name != "trials.parquet"]
     assert all(n.startswith(".trials.parquet.") for n in leftovers)  # only a killed writer's temp file
+
+
+def test_read_table_is_never_torn_by_a_concurrent_rewrite(tmp_path: Path) -> None:
+    """A reader polling a running sweep's file: pyarrow given a path opens it twice (footer, then
+    pages), so a rewrite in between tore reads; `read_table` reads through one handle."""
+    path = tmp_path / "trials.parquet"
+    varying = WRITER.replace("200_000", "(20_000 + 1_000 * (n % 7))")  # the size changes every rewrite
+    proc = subprocess.Popen([sys.executable, "-c", varying, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        for _ in range(300):
+            table = read_table(path)
+            assert len(set(table.column("i").to_pylist())) == 1
+            assert table.num_rows == 20_000 + 1_000 * (table.column("i")[0].as_py() % 7)
+    finally:
+        proc.kill()
+        proc.wait()
