@@ -7,7 +7,8 @@ rounding; `tests/core/test_fast.py` checks every target family and attribution t
   `s_{c,o} = sum_l g_{o,l} . u_{c,l}`: the change of output o when every layer's weight moves
   along component c. TMS and residual MLPs get them in closed form (`GRADIENT_RULES`: forward mode
   in folded coordinates, `u_{c,l} M = (a_l A_c)(B_c M)` wherever the map M after layer l is
-  linear, so no `(batch, C, d_out)` tensor and no per-output loop); any other target gets all d_L
+  linear, or `a_l (A_c B_c M)` where d_l is small as in TMS, so no `(batch, C, d_out)` tensor per
+  layer and no per-output loop); any other target gets all d_L
   output gradients from one batched backward (`is_grads_batched`).
 * Activation attributions use `|inner_c B_c|^2 = inner_c (B_c B_c^T) inner_c^T`; ablation runs the
   C ablated models as a few batched forwards of `h = a W_sum - (a A_c) B_c`.
@@ -93,29 +94,35 @@ def batch_chunks(batch: int, per_sample: int, device: torch.device) -> list[slic
 
 def _squared_norm(s: Tensor) -> Tensor:
     """`sum_o s_o^2` over the last axis."""
-    return torch.einsum("...o, ...o -> ...", s, s)
+    return (s * s).sum(-1)
 
 
 def _tms_attr(target: Target, weights: Weights, run: ModelPass, components: Components) -> Tensor:
-    """TMS `out = ReLU(z + b)` with z linear in every layer output: `s = ReLU'(z + b) * sum_l (a_l A) (B M_l)`.
+    """TMS `out = ReLU(z + b)` with z linear in every layer output: `s = ReLU'(z + b) * sum_l a_l (A B M_l)`.
 
-    `M_l` is the product of the weights after layer l (identity for the last layer); the layers'
-    `B M_l` are stacked along m, so each chunk is one matmul.
+    `M_l` is the product of the weights after layer l (identity for the last layer). `A B M_l` is
+    folded per component into `(d_l, C d_L)`, so each layer costs one batched matmul per chunk.
     """
-    folds, readout = [], None  # readout maps h_l to z
+    folds = []
+    readout: Tensor | None = None  # maps h_l to z
     for layer in reversed(target.layers):
-        _, b = components.factors(layer)
-        folds.append(b if readout is None else torch.einsum("i c m e, i e o -> i c m o", b, readout))
+        a, b = components.factors(layer)
+        bm = b if readout is None else torch.einsum("i c m e, i e o -> i c m o", b, readout)
+        folds.append((layer, _flat(a @ bm)))  # (I, d_l, C d_L)
         w = weights[layer.name]
         readout = w if readout is None else w @ readout
-    fold = torch.cat(folds[::-1], dim=-2)  # (I, C, sum_l m, d_L)
-    n_inst, C, _, n_out = fold.shape
+    x = run.x
+    n_inst, C, n_out = x.shape[1], components.C, run.out.shape[-1]
     parts = []
-    for sl in batch_chunks(run.x.shape[0], n_inst * C * n_out, run.x.device):
-        inner = torch.cat([run.inner(components, layer, sl) for layer in target.layers], dim=-1)
-        s = torch.einsum("b i c m, i c m o -> b i c o", inner, fold)
-        relu_grad = (run.out[sl] > 0).to(s.dtype)  # ReLU's backward masks by its output, as autograd does
-        parts.append(_squared_norm(s * relu_grad.unsqueeze(2)))
+    for sl in batch_chunks(x.shape[0], n_inst * C * n_out, x.device):
+        s: Tensor | None = None
+        for layer, fold in folds:
+            a_l = run.cache[layer.name][0][sl].transpose(0, 1)  # (I, n, d_l)
+            s = torch.bmm(a_l, fold) if s is None else s.baddbmm_(a_l, fold)
+        assert s is not None
+        relu_grad = (run.out[sl] > 0).to(s.dtype).transpose(0, 1)  # ReLU' from its output, as autograd
+        s = s.view(n_inst, -1, C, n_out) * relu_grad.unsqueeze(2)
+        parts.append(_squared_norm(s).transpose(0, 1))
     return torch.cat(parts)
 
 
