@@ -481,7 +481,9 @@ class ActivePairs:
             picked = a.reshape(self.batch * self.n_instances, d_in)[self.rows]  # (blocks, size, d_in)
             inner = torch.bmm(picked, a_blocks) * self.valid.to(a.dtype)
             y = torch.bmm(inner, b_blocks)  # (blocks, size, d_out)
-            out = a.new_zeros(self.batch * self.n_instances, d_out).index_add(0, self.rows.flatten(), y.flatten(0, 1))
+            out = y.new_zeros(self.batch * self.n_instances, d_out).index_add(
+                0, self.rows.flatten(), y.flatten(0, 1)
+            )  # y's dtype: bf16 under autocast
             return out.view(self.batch, self.n_instances, d_out)
 
         return fn

@@ -350,13 +350,16 @@ def test_compiled_attributions_give_the_reference_step(kind: str) -> None:
     assert_same_step(config(kind, compile=True), target, comps, inputs(target, 16))
 
 
-def test_bfloat16_top_k_pass_stays_near_the_float32_step() -> None:
+@pytest.mark.parametrize("masked_forward", ["dense", "sparse"])
+@pytest.mark.parametrize("family", ["tms", "resid1"])
+def test_bfloat16_top_k_pass_stays_near_the_float32_step(family: str, masked_forward: str) -> None:
     """Autocast touches only the top-k pass: same mask, terms within bf16 rounding, aligned gradients."""
-    target = make_target("resid1")
+    target = make_target(family)
     comps = near_target(target)
     x = inputs(target, 16)
-    ref, ref_grads = loss_and_grads(config("gradient"), target, comps, x)
-    half, half_grads = loss_and_grads(config("gradient", autocast_dtype="bfloat16"), target, comps, x)
+    ref, ref_grads = loss_and_grads(config("gradient", masked_forward=masked_forward), target, comps, x)
+    half_cfg = config("gradient", masked_forward=masked_forward, autocast_dtype="bfloat16")
+    half, half_grads = loss_and_grads(half_cfg, target, comps, x)
     assert torch.equal(half.mask, ref.mask)
     assert torch.equal(half.terms["faithfulness_loss"], ref.terms["faithfulness_loss"])  # not autocast
     for name in ("topk_recon_loss", "act_recon_loss", "out_recon_loss"):
