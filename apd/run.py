@@ -17,7 +17,6 @@ from typing import Any, Literal
 import torch
 
 from apd.config import DecomposeConfig
-from apd.data import Batches
 from apd.decompose import StepRecord, decompose
 from apd.device import resolve_device
 from apd.metrics.keys import LOSS_KEYS
@@ -71,7 +70,7 @@ def run_decomposition(
             folder.mkdir(parents=True, exist_ok=True)
     loaded = load_target(cfg.target, device)
     target = loaded.model
-    batches = Batches(loaded.sample, cfg.batch_size, seed=cfg.seed, device=device)
+    batches = loaded.batches(cfg.batch_size, seed=cfg.seed)
     state = None
     if checkpoint_path is not None and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 from apd.config import TargetRef
+from apd.data import Batches
 from apd.errors import ApdError, ConfigError
 from apd.targets.base import Target
 from apd.targets.file import linear_stack_from_arrays, read_arrays
@@ -50,36 +52,16 @@ class LoadedTarget:
             generator=generator,
         )
 
-    def batches(self, batch_size: int, *, seed: int = 0, data_generation_type: str | None = None) -> TargetBatches:
-        return TargetBatches(self, batch_size, seed=seed, data_generation_type=data_generation_type)
+    def batches(self, batch_size: int, *, seed: int = 0, data_generation_type: str | None = None) -> Batches:
+        """An endless, resumable stream of `sample` batches."""
+        sample = functools.partial(self.sample, data_generation_type=data_generation_type)
+        return Batches(sample, batch_size, seed=seed, device=self.device)
 
     def labels(self, x: Tensor) -> Tensor:
         """The task labels the target was trained on (TMS |x|, resid x + ReLU(c x), gated sum a_i F_i(x))."""
         if isinstance(self.spec, FileSpec):
             raise ApdError(f"target {self.name}: a user-supplied file has no task labels")
         return task_labels(self.spec, self.model, x)
-
-
-class TargetBatches:
-    """An endless, resumable stream of `target.sample` batches: its state is the generator's state."""
-
-    def __init__(
-        self, target: LoadedTarget, batch_size: int, *, seed: int = 0, data_generation_type: str | None = None
-    ) -> None:
-        self.target, self.batch_size, self.data_generation_type = target, batch_size, data_generation_type
-        self.generator = torch.Generator(device=target.device).manual_seed(seed)
-
-    def __iter__(self) -> TargetBatches:
-        return self
-
-    def __next__(self) -> Tensor:
-        return self.target.sample(self.batch_size, self.generator, self.data_generation_type)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["generator"])
 
 
 def load_target(ref: TargetRef, device: str | torch.device = "auto") -> LoadedTarget:
