@@ -142,9 +142,11 @@ class DecomposeConfig(BaseConfig):
     """Fast step's top-k pass: all components masked (`dense`) or the active ones only (`sparse`);
     `auto` = sparse on the CPU when that computes at most a quarter of the pairs (`apd.fast`)."""
     compile: bool = False
-    """Fast step: `torch.compile` the attribution pass (compiles once per target and batch shape)."""
+    """Fast step: `torch.compile` the attribution pass (compiles once per target and batch shape; on the
+    CPU 1.1-2.0x more steps/s, bench/RESULTS.md, after 10-60 s of compilation: worth it for long runs)."""
     autocast_dtype: Literal["bfloat16"] | None = None
-    """Fast step: the top-k APD pass under `torch.autocast` (GPU; attributions and losses stay float32)."""
+    """Fast step: the top-k APD pass under `torch.autocast` (CUDA only: it slowed the CPU step 0.4-0.8x;
+    attributions and losses stay float32)."""
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")

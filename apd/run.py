@@ -19,6 +19,7 @@ import torch
 from apd.config import DecomposeConfig
 from apd.decompose import StepRecord, decompose
 from apd.device import resolve_device
+from apd.errors import ConfigError
 from apd.metrics.keys import LOSS_KEYS
 
 
@@ -64,6 +65,11 @@ def run_decomposition(
     from apd.targets import load_target
 
     device = resolve_device(cfg.device)
+    if cfg.autocast_dtype is not None and device.type != "cuda":
+        raise ConfigError(
+            f"autocast_dtype: {cfg.autocast_dtype} is for CUDA devices; on the {device.type} it slowed "
+            "the step 0.4-0.8x (bench/RESULTS.md)"
+        )
     torch.manual_seed(cfg.seed)
     for folder in (out_dir, checkpoint_path.parent if checkpoint_path else None):
         if folder is not None:

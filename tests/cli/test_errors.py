@@ -30,6 +30,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
         (["--set", "noequals"], "--set 'noequals': expected key=value"),
         (["--set", "C=[1, 2"], "--set 'C=[1, 2': value is not valid YAML"),
         (["--set", "topk=0.0001"], "topk * batch_size must be >= 1 (got 0.0001 * 2048)"),
+        (["--set", "device=cpu", "--set", "autocast_dtype=bfloat16"], "autocast_dtype: bfloat16 is for CUDA devices"),
     ],
 )
 def test_bad_overrides(capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], expected: str) -> None:
