@@ -21,15 +21,15 @@ from pathlib import Path
 
 import torch
 
-from apd.config import load_config
+from apd.config import load_config, parse_overrides
 from apd.run import run_decomposition
 
 PAPER = {"tms-5-2": (0.998, 0.893, 0), "tms-40-10": (0.996, 0.935, 2)}
 """experiment: (MMCS, ML2R, instance the paper reports)."""
 
 
-def run_one(name: str, seed: int, steps: int | None, device: str, out: Path | None) -> dict:
-    overrides: dict = {"seed": seed, "device": device}
+def run_one(name: str, seed: int, steps: int | None, device: str, out: Path | None, extra: dict) -> dict:
+    overrides: dict = {**extra, "seed": seed, "device": device}
     if steps is not None:
         overrides["steps"] = steps
     cfg = load_config(name, overrides)
@@ -93,6 +93,7 @@ def main() -> None:
     p.add_argument("--resid-seeds", nargs="+", type=int, default=[0], help="seeds for residual-MLP experiments")
     p.add_argument("--steps", type=int, default=None, help="override every experiment's steps")
     p.add_argument("--device", default="auto")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, e.g. compile=true")
     p.add_argument("--out", type=Path, default=None, help="also write each run folder here")
     p.add_argument("--json", type=Path, default=None, help="write all metrics to this file")
     p.add_argument("--summarize", nargs="+", type=Path, default=None, help="only summarize earlier --json files")
@@ -109,15 +110,15 @@ def main() -> None:
     for name in args.experiments:
         seeds = args.resid_seeds if name.startswith("resid") else args.seeds
         for seed in seeds:
-            m = run_one(name, seed, args.steps, args.device, args.out)
+            m = run_one(name, seed, args.steps, args.device, args.out, parse_overrides(args.set))
             rows.append(m)
+            if args.json:  # after every run: a long benchmark stopped midway keeps what finished
+                args.json.write_text(json.dumps(rows, indent=2))
             if m["status"] != "finished":
                 print(f"{name:<12} seed {seed}  {m['status']}: {m['error']}", flush=True)
             else:
                 print(tms_row(m) if "mmcs" in m else resid_row(m), flush=True)
         summarize(name, [m for m in rows if m["experiment"] == name])
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
 
 
 def summarize_files(paths: list[Path]) -> None:

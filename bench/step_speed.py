@@ -1,8 +1,8 @@
 """Training steps per second and peak memory of the fast and the naive (reference) APD step.
 
-Cases (`--configs`): `tms-5-2` and `tms-40-10` (batch 2048), `resid-mlp-1-b256` and
-`resid-mlp-1-b2048` (the resid-mlp-1 experiment at batch 256, as the reference code's yaml, and
-2048, as the paper), `resid-mlp-2` (batch 2048). Each uses its experiment config's C, m, topk,
+Cases (`--configs`), each named after its experiment config: `tms-5-2` and `tms-40-10` (batch
+2048), `resid-mlp-1` (batch 2048, the paper's setting), `resid-mlp-1-code` (batch 256, the reference
+code's yaml), `resid-mlp-2` (batch 2048). Each uses its experiment config's C, m, topk,
 attribution type and loss coefficients, a freshly initialised target of the experiment's
 architecture (trained weights do not matter for speed) and sparse input batches from the
 target's data distribution. A timed step is the whole training step of `apd.decompose`:
@@ -43,8 +43,8 @@ from typing import Any
 CASES: dict[str, tuple[str, int]] = {
     "tms-5-2": ("tms-5-2", 2048),
     "tms-40-10": ("tms-40-10", 2048),
-    "resid-mlp-1-b256": ("resid-mlp-1", 256),
-    "resid-mlp-1-b2048": ("resid-mlp-1", 2048),
+    "resid-mlp-1": ("resid-mlp-1", 2048),
+    "resid-mlp-1-code": ("resid-mlp-1-code", 256),
     "resid-mlp-2": ("resid-mlp-2", 2048),
 }
 """Bench name -> (experiment config, batch size)."""
