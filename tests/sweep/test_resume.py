@@ -41,9 +41,9 @@ def rows(out: Path) -> dict[str, dict]:
     return {r["trial_id"]: r for r in read_table(path).to_pylist()} if path.exists() else {}
 
 
-def kill_when_busy(proc: subprocess.Popen[str], out: Path, timeout: float = 240) -> dict[str, dict]:
+def kill_when_busy(proc: subprocess.Popen[str], out: Path, timeout: float = 480) -> dict[str, dict]:
     """SIGKILL the driver once >= 2 trials finished while another is running; the rows it left."""
-    deadline = time.monotonic() + timeout
+    deadline, statuses = time.monotonic() + timeout, Counter[str]()
     while time.monotonic() < deadline:
         seen = rows(out)
         statuses = Counter(r["status"] for r in seen.values())
@@ -56,7 +56,7 @@ def kill_when_busy(proc: subprocess.Popen[str], out: Path, timeout: float = 240)
         assert proc.poll() is None, proc.communicate()[0]
         time.sleep(0.05)
     proc.kill()
-    pytest.fail("the sweep never had finished and running trials at once")
+    pytest.fail(f"the sweep never had finished and running trials at once (last seen: {dict(statuses)})")
 
 
 def check_resumed(out: Path, before: dict[str, dict], total: int) -> list[optuna.trial.FrozenTrial]:
@@ -102,7 +102,7 @@ def test_ray_sweep_resumes_after_sigkill(
         max_concurrent=2,
         tracking={"enabled": True},
     )
-    data["fixed"]["steps"] = 120
+    data["fixed"]["steps"] = 300  # long enough that a trial is caught running on a loaded machine
     spec, out = write_sweep(tmp_path / "resume.yaml", data), tmp_path / "out"
     address = ray.get_runtime_context().gcs_address
     before = kill_when_busy(start_sweep(str(spec), "--out", str(out), "--address", address), out)
