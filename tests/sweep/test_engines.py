@@ -130,7 +130,12 @@ def test_ray_engine_with_asha_and_mlflow(ray_local: None, tiny_target: Path, tmp
     print(f"ray sweep of 4 trials: {time.monotonic() - start:.1f} s")
     rows = check_faults(out, "ray")
     assert {r["node"] for r in rows.values()} == {ray.get_runtime_context().get_node_id()}
-    assert (out / "trials/t0000/figures").is_dir() and (out / "ray/attempt-1").is_dir()
+    assert (out / "trials/t0000/figures").is_dir() and (out / "trials/t0000/components.pt").is_file()
+    # ended trials leave no Ray checkpoints behind (their run folder is in OUT/trials), only Tune's records
+    trial_dirs = sorted(p.name for p in (out / "ray/attempt-1").iterdir() if p.is_dir())
+    assert trial_dirs == sorted(EXPECTED)
+    assert not list((out / "ray").glob("**/checkpoint_*"))
+    assert (out / "ray/attempt-1/t0002/result.json").is_file()
 
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     exp = client.get_experiment_by_name("faults")
