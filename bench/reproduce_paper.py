@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from apd.config import load_config, parse_overrides
+from apd.errors import ConfigError
 from apd.run import run_decomposition
 
 PAPER = {"tms-5-2": (0.998, 0.893, 0), "tms-40-10": (0.996, 0.935, 2)}
@@ -106,11 +107,15 @@ def main() -> None:
         f"# {date.today()}  {platform.node()}  torch {torch.__version__}  threads {torch.get_num_threads()}  "
         f"cuda {torch.cuda.is_available()}"
     )
+    try:
+        overrides = parse_overrides(args.set)  # a bad --set fails here, before hours of runs
+    except ConfigError as e:
+        p.error(str(e))
     rows = []
     for name in args.experiments:
         seeds = args.resid_seeds if name.startswith("resid") else args.seeds
         for seed in seeds:
-            m = run_one(name, seed, args.steps, args.device, args.out, parse_overrides(args.set))
+            m = run_one(name, seed, args.steps, args.device, args.out, overrides)
             rows.append(m)
             if args.json:  # after every run: a long benchmark stopped midway keeps what finished
                 args.json.write_text(json.dumps(rows, indent=2))

@@ -14,6 +14,8 @@ import pytest
 import torch
 import yaml
 
+from apd.sweep.results import TRIALS_FILE, read_table
+
 TINY = {
     # a 60-step TMS 5-2 decomposition of a 300-step target: seconds per trial on one core
     "steps": 60,
@@ -56,6 +58,12 @@ def sweep_dict(target: Path, **changes: Any) -> dict[str, Any]:
     }
     data.update(changes)
     return data
+
+
+def trial_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """`OUT/trials.parquet` by trial id ({} before the sweep wrote it), read as the analysis reads it."""
+    path = out / TRIALS_FILE
+    return {r["trial_id"]: r for r in read_table(path).to_pylist()} if path.exists() else {}
 
 
 def write_sweep(path: Path, data: dict[str, Any]) -> Path:

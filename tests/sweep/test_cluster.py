@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from apd.sweep.results import read_table
-from tests.sweep.conftest import sweep_dict, write_sweep
+from tests.sweep.conftest import sweep_dict, trial_rows, write_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,11 +44,6 @@ def cluster() -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def rows(out: Path) -> dict[str, dict]:
-    path = out / "trials.parquet"
-    return {r["trial_id"]: r for r in read_table(path).to_pylist()} if path.exists() else {}
-
-
 @pytest.mark.slow
 def test_two_node_sweep_survives_losing_the_worker(
     cluster: tuple[subprocess.Popen[str], dict[str, str]], tiny_target: Path, tmp_path: Path
@@ -73,7 +68,7 @@ def test_two_node_sweep_survives_losing_the_worker(
     victim, deadline = None, time.monotonic() + 300
     while victim is None and time.monotonic() < deadline:
         assert driver.poll() is None, driver.communicate()[0]
-        running = [t for t, r in rows(out).items() if r["status"] == "RUNNING" and r["node"] == info["worker"]]
+        running = [t for t, r in trial_rows(out).items() if r["status"] == "RUNNING" and r["node"] == info["worker"]]
         victim = next((t for t in running if any((out / "ray/attempt-1" / t).glob("checkpoint_*"))), None)
         time.sleep(0.02)
     assert victim is not None, "no trial ever ran on the worker node"
@@ -84,7 +79,7 @@ def test_two_node_sweep_survives_losing_the_worker(
 
     log = driver.communicate(timeout=400)[0]
     assert driver.returncode == 0, log
-    final = rows(out)
+    final = trial_rows(out)
     assert len(final) == 8 and {r["status"] for r in final.values()} == {"COMPLETE"}, log
     assert info["head"] in {r["node"] for r in final.values()}
     # the trial that lost its node was retried on the head and finished all its steps

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from apd.errors import ConfigError
 from apd.sweep.results import read_table
 from apd.sweep.runner import sweep_main
-from tests.sweep.conftest import sweep_dict, write_sweep
+from tests.sweep.conftest import sweep_dict, trial_rows, write_sweep
 
 
 def args(spec: Path | None, out: Path, **kw: object) -> argparse.Namespace:
@@ -29,10 +29,6 @@ def args(spec: Path | None, out: Path, **kw: object) -> argparse.Namespace:
         "no_tracking": False,
     }
     return argparse.Namespace(**(base | kw))
-
-
-def trials(out: Path) -> dict[str, dict]:
-    return {r["trial_id"]: r for r in read_table(out / "trials.parquet").to_pylist()}
 
 
 def study_states(out: Path, name: str) -> Counter[str]:
@@ -58,7 +54,7 @@ EXPECTED = {"t0000": "COMPLETE", "t0001": "FAILED", "t0002": "PRUNED", "t0003": 
 
 
 def check_faults(out: Path, engine: str) -> dict[str, dict]:
-    rows = trials(out)
+    rows = trial_rows(out)
     assert {t: r["status"] for t, r in rows.items()} == EXPECTED
     assert rows["t0001"]["error"] == "ConfigError: device: not a torch device (got 'bogus')"
     assert rows["t0003"]["error"].startswith("diverged at step ")
@@ -90,7 +86,7 @@ def test_inline_multi_objective_nsga2(tiny_target: Path, tmp_path: Path) -> None
     )
     out = tmp_path / "out"
     assert sweep_main(args(write_sweep(tmp_path / "mo.yaml", data), out, engine="inline")) == 0
-    rows = trials(out)
+    rows = trial_rows(out)
     assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"COMPLETE"}
     for r in rows.values():
         assert (r["objective.0"], r["objective.1"]) == (r["metric.mmcs"], r["metric.faithfulness_loss"])
@@ -108,7 +104,7 @@ def test_fresh_sweep_refuses_a_used_out_and_resume_needs_one(tiny_target: Path, 
     # a finished sweep resumes to nothing new; more draws extend it
     assert sweep_main(args(None, tmp_path / "out", engine="inline", resume=True)) == 0
     assert sweep_main(args(spec, tmp_path / "out", engine="inline", resume=True, trials=2)) == 0
-    rows = trials(tmp_path / "out")
+    rows = trial_rows(tmp_path / "out")
     assert sorted(rows) == ["t0000", "t0001", "t0002", "t0003"]
     # the resumed run draws a new setting (its sampler is seeded apart from the first run's)
     assert rows["t0002"]["setting_id"] == rows["t0003"]["setting_id"] != rows["t0000"]["setting_id"]

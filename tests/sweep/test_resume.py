@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from apd.sweep.results import read_table
 from apd.sweep.space import INTERRUPTED_ATTR, SEED_ATTR
 from apd.sweep.spec import setting_id
-from tests.sweep.conftest import sweep_dict, write_sweep
+from tests.sweep.conftest import sweep_dict, trial_rows, write_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,16 +36,11 @@ def start_sweep(*argv: str) -> subprocess.Popen[str]:
     )
 
 
-def rows(out: Path) -> dict[str, dict]:
-    path = out / "trials.parquet"
-    return {r["trial_id"]: r for r in read_table(path).to_pylist()} if path.exists() else {}
-
-
 def kill_when_busy(proc: subprocess.Popen[str], out: Path, timeout: float = 480) -> dict[str, dict]:
     """SIGKILL the driver once >= 2 trials finished while another is running; the rows it left."""
     deadline, statuses = time.monotonic() + timeout, Counter[str]()
     while time.monotonic() < deadline:
-        seen = rows(out)
+        seen = trial_rows(out)
         statuses = Counter(r["status"] for r in seen.values())
         if sum(v for k, v in statuses.items() if k != "RUNNING") >= 2 and statuses["RUNNING"] >= 1:
             os.kill(proc.pid, signal.SIGKILL)
@@ -60,7 +55,7 @@ def kill_when_busy(proc: subprocess.Popen[str], out: Path, timeout: float = 480)
 
 
 def check_resumed(out: Path, before: dict[str, dict], total: int) -> list[optuna.trial.FrozenTrial]:
-    after = rows(out)
+    after = trial_rows(out)
     finished_before = {t: r for t, r in before.items() if r["status"] != "RUNNING"}
     for tid, row in finished_before.items():  # kept as they were, not rerun
         assert after[tid]["status"] == row["status"] and after[tid]["end_time"] == row["end_time"]
