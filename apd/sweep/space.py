@@ -62,8 +62,8 @@ def make_space(sweep: ValidatedSweep) -> Space:
             seed, draw = int(attrs[SEED_ATTR]), int(attrs[DRAW_ATTR])
         else:
             seed, draw = sweep.spec.seeds[0], trial.number
-            trial.set_user_attr(SEED_ATTR, seed)
             trial.set_user_attr(DRAW_ATTR, draw)
+            trial.set_user_attr(SEED_ATTR, seed)  # last: a trial with a seed has its whole point
             enqueue_replicas(trial.study, sweep, params, draw)
         point = TrialPoint(trial.number, trial_id_of(trial.number), seed, draw, setting_id(params), params)
         return {"apd": point.to_dict()}

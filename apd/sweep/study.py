@@ -7,7 +7,11 @@ an external Optuna storage). Before that, the study and the Parquet rows are rec
   (the driver died between writing the row and telling Optuna);
 * a trial RUNNING in both -> interrupted: marked FAIL with `apd.interrupted`, its row and history
   dropped, and its point enqueued again (same params, seed and draw), so it reruns under a new id;
-* a trial Optuna finished (pruned, or failed in Ray) whose row is missing or RUNNING -> row fixed.
+* a trial Optuna finished (pruned, or failed in Ray) whose row is missing or RUNNING -> row fixed;
+* a draw whose replicas the driver had not all queued when it died -> the missing ones queued.
+
+A trial's point is its enqueued parameters overlaid with what it suggested (`trial_params`): a
+replica popped from the queue but lost before it suggested anything has only the former.
 
 Interrupted trials do not count towards the total; everything else finished does.
 """
@@ -26,7 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from apd.errors import ConfigError
 from apd.sweep.results import ResultsStore
 from apd.sweep.space import DRAW_ATTR, INTERRUPTED_ATTR, RERUN_ATTR, SEED_ATTR, directions, enqueue_grid
-from apd.sweep.spec import ValidatedSweep, setting_id
+from apd.sweep.spec import GridParam, ValidatedSweep, grid_combos, setting_id
 from apd.sweep.trial import TrialOutcome, TrialPoint, trial_id_of
 
 STUDY_FILE = "optuna.db"
@@ -62,6 +66,12 @@ class StudyHandle:
 
 def storage_for(out: Path) -> RDBStorage:
     return RDBStorage(f"sqlite:///{out.resolve() / STUDY_FILE}")
+
+
+def trial_params(t: FrozenTrial) -> dict[str, Any]:
+    """The trial's parameters: those it was enqueued with (Optuna keeps them as `fixed_params`,
+    and reads them the same way) overlaid with those it suggested."""
+    return {**t.system_attrs.get("fixed_params", {}), **t.params}
 
 
 def counts(t: FrozenTrial) -> bool:
@@ -110,6 +120,7 @@ def reconcile(study: optuna.Study, store: ResultsStore) -> int:
             store.drop(tid)
         elif counts(t) and not ended:
             _row_from_trial(store, t)
+    _complete_draws(study, store.sweep)
     store.write()
     return reruns
 
@@ -125,15 +136,39 @@ def _requeue(study: optuna.Study, t: FrozenTrial) -> int:
     study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     if SEED_ATTR not in t.user_attrs:  # lost before its point was chosen: nothing to rerun
         return 0
-    attrs = {SEED_ATTR: t.user_attrs[SEED_ATTR], DRAW_ATTR: t.user_attrs[DRAW_ATTR], RERUN_ATTR: trial_id_of(t.number)}
-    study.enqueue_trial(dict(t.params), user_attrs=attrs)
+    draw = t.user_attrs.get(DRAW_ATTR, t.number)
+    attrs = {SEED_ATTR: t.user_attrs[SEED_ATTR], DRAW_ATTR: draw, RERUN_ATTR: trial_id_of(t.number)}
+    study.enqueue_trial(trial_params(t), user_attrs=attrs)
     return 1
+
+
+def _complete_draws(study: optuna.Study, sweep: ValidatedSweep) -> None:
+    """Queue the replicas (grid combination x seed) of each draw that no trial holds: a driver
+    killed while a fresh draw was queueing its replicas left them out. A grid search's draw is
+    one grid point (every point was queued when the study was made), so only its seeds replicate."""
+    by_grid = sweep.spec.search.algorithm == "grid"
+    grids = set() if by_grid else {k for k, p in sweep.spec.parameters.items() if isinstance(p, GridParam)}
+    drawn: dict[int, dict[str, Any]] = {}
+    held: set[tuple[int, str, int]] = set()
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get(INTERRUPTED_ATTR) or SEED_ATTR not in t.user_attrs:
+            continue
+        params, draw = trial_params(t), int(t.user_attrs.get(DRAW_ATTR, t.number))
+        drawn.setdefault(draw, {k: v for k, v in params.items() if k not in grids})
+        combo = {k: v for k, v in params.items() if k in grids}
+        held.add((draw, setting_id(combo), int(t.user_attrs[SEED_ATTR])))
+    for draw, params in drawn.items():
+        for combo in [{}] if by_grid else grid_combos(sweep.spec.parameters, params):
+            for seed in sweep.spec.seeds:
+                if (draw, setting_id(combo), seed) not in held:
+                    study.enqueue_trial({**params, **combo}, user_attrs={SEED_ATTR: seed, DRAW_ATTR: draw})
 
 
 def point_of(t: FrozenTrial) -> TrialPoint:
     seed = int(t.user_attrs.get(SEED_ATTR, 0))
     draw = int(t.user_attrs.get(DRAW_ATTR, t.number))
-    return TrialPoint(t.number, trial_id_of(t.number), seed, draw, setting_id(t.params), dict(t.params))
+    params = trial_params(t)
+    return TrialPoint(t.number, trial_id_of(t.number), seed, draw, setting_id(params), params)
 
 
 def _row_from_trial(store: ResultsStore, t: FrozenTrial) -> None:
