@@ -8,7 +8,7 @@ its own trial (noise included). Grid search enqueues every point times every see
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 import optuna
@@ -64,30 +64,47 @@ def make_space(sweep: ValidatedSweep) -> Space:
             seed, draw = sweep.spec.seeds[0], trial.number
             trial.set_user_attr(DRAW_ATTR, draw)
             trial.set_user_attr(SEED_ATTR, seed)  # last: a trial with a seed has its whole point
-            enqueue_replicas(trial.study, sweep, params, draw)
+            enqueue_replicas(trial.study, sweep, params, draw, held={replica_key(sweep, params, seed)})
         point = TrialPoint(trial.number, trial_id_of(trial.number), seed, draw, setting_id(params), params)
         return {"apd": point.to_dict()}
 
     return space
 
 
-def enqueue_replicas(study: optuna.Study, sweep: ValidatedSweep, params: dict[str, Any], draw: int) -> None:
-    """Queue the drawn setting for every other grid combination and seed."""
-    grids = {k for k, p in sweep.spec.parameters.items() if isinstance(p, GridParam)}
+def replica_key(sweep: ValidatedSweep, params: dict[str, Any], seed: int) -> tuple[str, int]:
+    """Which member of its draw a point is: its grid-parameter combination and seed."""
+    return setting_id({k: v for k, v in params.items() if k in _grids(sweep)}), seed
+
+
+def enqueue_replicas(
+    study: optuna.Study,
+    sweep: ValidatedSweep,
+    params: dict[str, Any],
+    draw: int,
+    held: Collection[tuple[str, int]] = (),
+) -> None:
+    """Queue the draw of `params` at every grid-parameter combination and seed, except the members
+    in `held` (`replica_key`s)."""
+    grids = _grids(sweep)
     drawn = {k: v for k, v in params.items() if k not in grids}
-    current = {k: v for k, v in params.items() if k in grids}
-    for combo in grid_combos(sweep.spec.parameters, drawn):
+    for combo in grid_combos(sweep.spec.parameters, drawn) if grids else [{}]:
         for seed in sweep.spec.seeds:
-            if combo == current and seed == sweep.spec.seeds[0]:
-                continue
-            study.enqueue_trial({**drawn, **combo}, user_attrs={SEED_ATTR: seed, DRAW_ATTR: draw})
+            if (setting_id(combo), seed) not in held:
+                study.enqueue_trial({**drawn, **combo}, user_attrs={SEED_ATTR: seed, DRAW_ATTR: draw})
 
 
 def enqueue_grid(study: optuna.Study, sweep: ValidatedSweep) -> None:
     """Grid search: every point times every seed, in order; draw = index of the point."""
     for i, point in enumerate(grid_points(sweep.spec.parameters)):
-        for seed in sweep.spec.seeds:
-            study.enqueue_trial(point, user_attrs={SEED_ATTR: seed, DRAW_ATTR: i})
+        enqueue_replicas(study, sweep, point, i)
+
+
+def _grids(sweep: ValidatedSweep) -> set[str]:
+    """The grid parameters a draw is replicated over; none in a grid search, whose draws are whole
+    grid points."""
+    if sweep.spec.search.algorithm == "grid":
+        return set()
+    return {k for k, p in sweep.spec.parameters.items() if isinstance(p, GridParam)}
 
 
 def make_sampler(sweep: ValidatedSweep, attempt: int = 1) -> BaseSampler:

@@ -29,8 +29,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from apd.errors import ConfigError
 from apd.sweep.results import ResultsStore
-from apd.sweep.space import DRAW_ATTR, INTERRUPTED_ATTR, RERUN_ATTR, SEED_ATTR, directions, enqueue_grid
-from apd.sweep.spec import GridParam, ValidatedSweep, grid_combos, setting_id
+from apd.sweep.space import (
+    DRAW_ATTR,
+    INTERRUPTED_ATTR,
+    RERUN_ATTR,
+    SEED_ATTR,
+    directions,
+    enqueue_grid,
+    enqueue_replicas,
+    replica_key,
+)
+from apd.sweep.spec import ValidatedSweep, setting_id
 from apd.sweep.trial import TrialOutcome, TrialPoint, trial_id_of
 
 STUDY_FILE = "optuna.db"
@@ -143,25 +152,18 @@ def _requeue(study: optuna.Study, t: FrozenTrial) -> int:
 
 
 def _complete_draws(study: optuna.Study, sweep: ValidatedSweep) -> None:
-    """Queue the replicas (grid combination x seed) of each draw that no trial holds: a driver
-    killed while a fresh draw was queueing its replicas left them out. A grid search's draw is
-    one grid point (every point was queued when the study was made), so only its seeds replicate."""
-    by_grid = sweep.spec.search.algorithm == "grid"
-    grids = set() if by_grid else {k for k, p in sweep.spec.parameters.items() if isinstance(p, GridParam)}
+    """Queue the members of each draw that no trial holds: a driver killed while a fresh draw was
+    queueing its replicas left them out."""
     drawn: dict[int, dict[str, Any]] = {}
-    held: set[tuple[int, str, int]] = set()
+    held: dict[int, set[tuple[str, int]]] = {}
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get(INTERRUPTED_ATTR) or SEED_ATTR not in t.user_attrs:
             continue
         params, draw = trial_params(t), int(t.user_attrs.get(DRAW_ATTR, t.number))
-        drawn.setdefault(draw, {k: v for k, v in params.items() if k not in grids})
-        combo = {k: v for k, v in params.items() if k in grids}
-        held.add((draw, setting_id(combo), int(t.user_attrs[SEED_ATTR])))
+        drawn.setdefault(draw, params)
+        held.setdefault(draw, set()).add(replica_key(sweep, params, int(t.user_attrs[SEED_ATTR])))
     for draw, params in drawn.items():
-        for combo in [{}] if by_grid else grid_combos(sweep.spec.parameters, params):
-            for seed in sweep.spec.seeds:
-                if (draw, setting_id(combo), seed) not in held:
-                    study.enqueue_trial({**params, **combo}, user_attrs={SEED_ATTR: seed, DRAW_ATTR: draw})
+        enqueue_replicas(study, sweep, params, draw, held[draw])
 
 
 def point_of(t: FrozenTrial) -> TrialPoint:
