@@ -1,7 +1,8 @@
 """Typed configs for one decomposition: frozen pydantic models that reject unknown keys.
 
-Keys are named as in the APD reference code (`C`, `m`, `topk`, `topk_recon_coeff`, ...), so a
-paper appendix table reads straight into a YAML file. Experiment YAMLs ship in `apd/experiments/`.
+`MethodConfig` holds what every method shares (target, schedule, run, evaluation); each method's
+config subclasses it (`apd.methods.<name>.config`) and `parse_config` picks one by its `method`
+key. Experiment YAMLs ship in `apd/experiments/`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ DataGenerationType = Literal[
     "exactly_four_active",
     "exactly_five_active",
 ]
-AttributionType = Literal["gradient", "gradient_apd", "activation", "ablation"]
 LRSchedule = Literal["constant", "linear", "cosine", "exponential"]
 
 
@@ -98,33 +98,19 @@ class EvalConfig(BaseConfig):
     figures: bool = True
 
 
-class DecomposeConfig(BaseConfig):
-    """One APD run: components, losses, optimisation and evaluation."""
+DEFAULT_METHOD = "apd"
+"""The method of a config without a `method` key (every config written before SPD existed)."""
 
+
+class MethodConfig(BaseConfig):
+    """Settings every decomposition method shares: target, optimisation schedule, run and evaluation.
+
+    Each method subclasses it with `method: Literal["name"]` and its own settings
+    (`apd.methods.<name>.config`); `parse_config` picks the subclass by `method` (default `apd`).
+    """
+
+    method: str
     target: TargetRef
-    # components
-    C: PositiveInt
-    m: PositiveInt | None = None
-    """Inner rank; None = the target's default (full rank for resid MLPs, min(n_f, n_h)+1 TMS)."""
-    init_scale: PositiveFloat = 1.0
-    unit_norm_matrices: bool = False
-    # attributions and sparsity
-    attribution_type: AttributionType = "gradient"
-    topk: PositiveFloat | None = None
-    batch_topk: bool = True
-    exact_topk: bool = False
-    distil_from_target: bool = False
-    lp_sparsity_coeff: NonNegativeFloat | None = None
-    pnorm: PositiveFloat | None = None
-    # losses
-    param_match_coeff: NonNegativeFloat | None = 1.0
-    faithfulness_norm: Literal["mean", "sum"] = "mean"
-    """`mean` divides by the decomposed element count (paper main text, code); `sum` does not (appendix)."""
-    topk_recon_coeff: NonNegativeFloat | None = None
-    act_recon_coeff: NonNegativeFloat | None = None
-    schatten_coeff: NonNegativeFloat | None = None
-    schatten_pnorm: PositiveFloat = 1.0
-    out_recon_coeff: NonNegativeFloat | None = None
     # optimisation
     lr: PositiveFloat
     lr_schedule: LRSchedule = "constant"
@@ -136,48 +122,33 @@ class DecomposeConfig(BaseConfig):
     device: str = "auto"
     log_every: PositiveInt = 100
     """Steps between StepRecords (progress, callbacks, history); each record syncs the device."""
-    implementation: Literal["fast", "naive"] = "fast"
-    """`naive` is the reference code's per-output step, kept as the test oracle."""
-    masked_forward: Literal["auto", "dense", "sparse"] = "auto"
-    """Fast step's top-k pass: all components masked (`dense`) or the active ones only (`sparse`);
-    `auto` = sparse on the CPU when that computes at most a quarter of the pairs (`apd.fast`)."""
-    compile: bool = False
-    """Fast step: `torch.compile` the attribution pass (compiles once per target and batch shape; on the
-    CPU 1.1-2.0x more steps/s, bench/RESULTS.md, after 10-60 s of compilation: worth it for long runs)."""
-    autocast_dtype: Literal["bfloat16"] | None = None
-    """Fast step: the top-k APD pass under `torch.autocast` (CUDA only: it slowed the CPU step 0.4-0.8x;
-    attributions and losses stay float32)."""
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if (self.topk is None) == (self.lp_sparsity_coeff is None):
-            raise ValueError("set exactly one of topk (top-k APD) and lp_sparsity_coeff (Lp APD)")
-        if self.topk is not None:
-            if self.topk_recon_coeff is None:
-                raise ValueError("topk needs topk_recon_coeff")
-            if self.batch_topk and int(self.topk * self.batch_size) < 1:
-                raise ValueError(f"topk * batch_size must be >= 1 (got {self.topk} * {self.batch_size})")
-            if not self.batch_topk and not self.exact_topk and int(self.topk) < 1:
-                raise ValueError(f"per-sample top-k needs topk >= 1 (got {self.topk})")
-        else:
-            if self.pnorm is None:
-                raise ValueError("lp_sparsity_coeff needs pnorm")
-            if self.topk_recon_coeff is not None or self.act_recon_coeff is not None:
-                raise ValueError("topk_recon_coeff/act_recon_coeff need topk (Lp APD has no top-k pass)")
-            if self.exact_topk or self.distil_from_target:
-                raise ValueError("exact_topk and distil_from_target need topk")
-        if self.implementation == "naive" and (self.compile or self.autocast_dtype is not None):
-            raise ValueError("compile and autocast_dtype need implementation: fast")
+    def _schedule(self) -> Self:
         if self.lr_schedule == "exponential" and self.lr_exponential_halflife is None:
             raise ValueError("lr_schedule exponential needs lr_exponential_halflife")
         return self
 
-    @property
-    def k(self) -> int:
-        """Components kept per instance and batch (batch top-k) or per sample."""
-        assert self.topk is not None
-        return int(self.topk * self.batch_size) if self.batch_topk else int(self.topk)
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config") -> Self:
+        if cls is not MethodConfig:
+            return super().from_dict(data, source=source)
+        return parse_config(data, source=source)  # type: ignore[return-value]
+
+
+DecomposeConfig = MethodConfig
+"""The config of one decomposition, whatever its method (annotations use this name)."""
+
+
+def parse_config(data: Any, *, source: str = "config") -> MethodConfig:
+    """Validate a config dict as the method its `method` key names (default `apd`); one-line ConfigError."""
+    from apd.methods import validate_config
+
+    try:
+        return validate_config(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,4 +240,4 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
     source = str(path) if not overrides else f"{path} with overrides"
-    return DecomposeConfig.from_dict(apply_overrides(data, overrides or {}), source=source)
+    return parse_config(apply_overrides(data, overrides or {}), source=source)

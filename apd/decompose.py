@@ -1,4 +1,4 @@
-"""The APD optimisation loop: one function, reporting through callbacks (method notes 1.9-1.13)."""
+"""The optimisation loop every method shares: one function, reporting through callbacks (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from apd.components import Components
 from apd.config import DecomposeConfig
 from apd.errors import Diverged
-from apd.losses import apd_loss
+from apd.methods import Decomposition, Method, method_of
 from apd.schedules import lr_at
 from apd.targets.base import Target
 
@@ -25,36 +24,32 @@ class StepRecord:
     step: int
     lr: float
     losses: dict[str, float]
-    mean_active: float | None
+    stats: dict[str, float]
+    """The method's scalar diagnostics (`Method.stat_keys`), e.g. APD's `mean_active`."""
     state: Callable[[], dict[str, Any]] = field(repr=False, compare=False)
 
     def as_dict(self) -> dict[str, float]:
-        out = {"step": float(self.step), "lr": self.lr, **self.losses}
-        if self.mean_active is not None:
-            out["mean_active"] = self.mean_active
-        return out
+        return {"step": float(self.step), "lr": self.lr, **self.losses, **self.stats}
 
 
 @dataclass
 class DecomposeResult:
-    components: Components
+    components: Decomposition
     status: Literal["finished", "diverged", "stopped"]
     steps_done: int
     records: list[StepRecord]
     error: str | None = None
 
 
-def make_components(cfg: DecomposeConfig, target: Target, device: torch.device) -> Components:
-    gen = torch.Generator().manual_seed(cfg.seed)  # CPU init: identical on every device
-    comps = Components(
-        target.param_shapes(),
-        n_instances=target.n_instances,
-        C=cfg.C,
-        m=cfg.m or target.default_m(),
-        init_scale=cfg.init_scale,
-        generator=gen,
-    )
-    return comps.to(device)
+def make_components(cfg: DecomposeConfig, target: Target, device: torch.device) -> Decomposition:
+    """The method's fresh components, drawn on the CPU from `cfg.seed` (identical on every device)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return method_of(cfg).init(cfg, target, gen).to(device)
+
+
+def sampling_generator(cfg: DecomposeConfig, device: torch.device) -> torch.Generator:
+    """The stream a method's loss samples from (e.g. SPD's masks): its own, apart from data and init."""
+    return torch.Generator(device=device).manual_seed(cfg.seed + 2)
 
 
 def decompose(
@@ -62,7 +57,7 @@ def decompose(
     target: Target,
     batches: Iterator[Tensor],
     *,
-    components: Components | None = None,
+    components: Decomposition | None = None,
     on_step: Callable[[StepRecord], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     state: dict[str, Any] | None = None,
@@ -74,9 +69,11 @@ def decompose(
     from a `StepRecord.state()` snapshot. The loop runs to `step == cfg.steps` inclusive and the
     last iteration only evaluates, as the reference code does.
     """
+    method: Method = method_of(cfg)
     device = next(iter(target.buffers()), next(target.parameters())).device
     comps = components if components is not None else make_components(cfg, target, device)
-    opt = torch.optim.AdamW(comps.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(method.parameters(comps), lr=cfg.lr, weight_decay=0.0)
+    sampling = sampling_generator(cfg, device)
     start, records = 0, list[StepRecord]()
     resumed_at = -1
     if state is not None:
@@ -84,6 +81,8 @@ def decompose(
         opt.load_state_dict(state["optimizer"])
         if hasattr(batches, "load_state_dict") and "data" in state:
             batches.load_state_dict(state["data"])
+        if "sampling" in state:
+            sampling.set_state(state["sampling"].cpu())
         start = resumed_at = state["step"]
 
     def snapshot(step: int, data: Any) -> Callable[[], dict[str, Any]]:
@@ -94,9 +93,11 @@ def decompose(
                 "components": comps.state_dict(),
                 "optimizer": opt.state_dict(),
                 "data": data,
+                "sampling": sampling_state,
                 "config": cfg.to_dict(),
             }
 
+        sampling_state = sampling.get_state()  # before this step's loss draws from it
         return fn
 
     # NaN/inf are tracked on the device and checked at record steps, so steps need no host sync
@@ -110,8 +111,7 @@ def decompose(
         dynamic_ncols=True,
     )
     for step in bar:
-        if cfg.unit_norm_matrices:
-            comps.normalize_A_()
+        method.before_step(cfg, comps)
         lr = lr_at(
             step,
             lr=cfg.lr,
@@ -125,7 +125,8 @@ def decompose(
         is_record = step % cfg.log_every == 0 or step == cfg.steps
         # data state before this step's batch, so a resumed run draws the same batch
         data_state = batches.state_dict() if is_record and hasattr(batches, "state_dict") else None
-        out = apd_loss(cfg, target, comps, next(batches))
+        snap = snapshot(step, data_state) if is_record else None
+        out = method.loss(cfg, target, comps, next(batches), sampling)
         bad = ~torch.isfinite(out.total)
         first_bad = torch.where(bad & (first_bad < 0), step, first_bad)
         if is_record and step != resumed_at:  # a resumed run's first record repeats the last
@@ -138,10 +139,11 @@ def decompose(
                 err = Diverged(int(first_bad.item()), term, value)
                 return DecomposeResult(comps, "diverged", int(first_bad.item()), records, str(err))
             losses = {"total_loss": out.total.item(), **{k: v.mean().item() for k, v in out.terms.items()}}
-            mean_active = out.mask.float().sum(-1).mean().item() if cfg.topk is not None else None
-            record = StepRecord(step, lr, losses, mean_active, snapshot(step, data_state))
+            stats = {k: v.item() for k, v in out.stats.items()}
+            assert snap is not None
+            record = StepRecord(step, lr, losses, stats, snap)
             records.append(record)
-            bar.set_postfix(loss=f"{losses['total_loss']:.3g}", active=mean_active)
+            bar.set_postfix(loss=f"{losses['total_loss']:.3g}", **{k: f"{v:.3g}" for k, v in stats.items()})
             if on_step is not None:
                 on_step(record)
             if step < cfg.steps and should_stop is not None and should_stop():
@@ -150,7 +152,6 @@ def decompose(
             break
         opt.zero_grad(set_to_none=True)
         out.total.backward()
-        if cfg.unit_norm_matrices:
-            comps.project_A_grads_()
+        method.after_backward(cfg, comps)
         opt.step()
     return DecomposeResult(comps, "finished", cfg.steps, records)

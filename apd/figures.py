@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from apd.components import Components
+from apd.methods.base import Decomposition
 from apd.targets.base import Target
 
 MAX_INSTANCES = 3
@@ -287,7 +287,7 @@ def categories_figure(features_per_component: np.ndarray, cutoff: float, title: 
 
 def make_figures(
     target: Target,
-    components: Components,
+    components: Decomposition,
     metrics: dict[str, Any],
     artifacts: dict[str, Any],
     out_dir: Path,

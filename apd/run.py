@@ -19,8 +19,7 @@ import torch
 from apd.config import DecomposeConfig
 from apd.decompose import StepRecord, decompose
 from apd.device import resolve_device
-from apd.errors import ConfigError
-from apd.metrics.keys import LOSS_KEYS
+from apd.methods import method_of
 
 
 @dataclass
@@ -64,12 +63,9 @@ def run_decomposition(
     from apd.metrics import evaluate
     from apd.targets import load_target
 
+    method = method_of(cfg)
     device = resolve_device(cfg.device)
-    if cfg.autocast_dtype is not None and device.type != "cuda":
-        raise ConfigError(
-            f"autocast_dtype: {cfg.autocast_dtype} is for CUDA devices; on the {device.type} it slowed "
-            "the step 0.4-0.8x (bench/RESULTS.md)"
-        )
+    method.check_device(cfg, device)
     torch.manual_seed(cfg.seed)
     for folder in (out_dir, checkpoint_path.parent if checkpoint_path else None):
         if folder is not None:
@@ -91,8 +87,7 @@ def run_decomposition(
     result = decompose(cfg, target, batches, on_step=step_hook, should_stop=should_stop, state=state, progress=progress)
     last = result.records[-1].as_dict() if result.records else {}
     metrics: dict[str, Any] = {"status": result.status, "steps_done": result.steps_done, "error": result.error}
-    metrics |= {k: last.get(k) for k in LOSS_KEYS}
-    metrics["mean_active"] = last.get("mean_active")
+    metrics |= {k: last.get(k) for k in (*method.loss_keys, *method.stat_keys)}
     artifacts: dict[str, Any] = {}
     if result.status == "finished":
         eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
@@ -106,8 +101,8 @@ def run_decomposition(
     if out_dir is not None:
         cfg.to_file(out_dir / "config.yaml")
         atomic_torch_save(
-            {p: result.components.weight(p).detach().cpu() for p in result.components.A}
-            | {"state_dict": result.components.state_dict()},
+            method.saved_weights(result.components)
+            | {"method": cfg.method, "state_dict": result.components.state_dict()},
             out_dir / "components.pt",
         )
         if result.status == "finished" and cfg.eval.figures:

@@ -83,7 +83,7 @@ def setup(case: str, implementation: str, device: str, overrides: dict[str, Any]
 
     from apd.config import load_config
     from apd.decompose import make_components
-    from apd.losses import apd_loss
+    from apd.methods.apd.losses import apd_loss
     from apd.targets.registry import get_spec
     from apd.targets.specs import build_model
     from apd.targets.tasks import sample_batch

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from apd.components import Components
 from apd.config import DecomposeConfig
 from apd.data import sample_sparse_features
 from apd.figures import make_figures
+from apd.methods.apd.components import Components
 from apd.metrics import evaluate
 from apd.targets.base import Target
 from apd.targets.resid_mlp import ResidMLP

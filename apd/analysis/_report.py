@@ -45,9 +45,9 @@ from apd.analysis._spec import SweepInfo, sweep_info
 from apd.analysis._verdict import eval_config, rejudge
 from apd.config import EvalConfig
 from apd.errors import ConfigError
-from apd.metrics.keys import LOSS_KEYS
 
-LOSSES = LOSS_KEYS
+NOT_CURVES = ("out", "trial_id", "step", "lr")
+"""History columns that are not a method's losses or diagnostics."""
 MAX_MAPS = 3
 MAX_PARAMS = 4
 
@@ -472,7 +472,10 @@ def curves_plot(a: Analysis, e: ExperimentAnalysis) -> Figure | None:
     if a.history is None:
         return None
     hist = a.history.merge(e.trials[["out", "trial_id"]], on=["out", "trial_id"], how="inner")
-    losses = [c for c in (*LOSSES, "mean_active") if c in hist.columns and (hist[c] > 0).any()][:6]
+    # whatever the trials' method recorded: its loss terms first, then its diagnostics
+    recorded = [c for c in a.history.columns if c not in NOT_CURVES]
+    ordered = sorted(recorded, key=lambda c: (c != "total_loss", not c.endswith("_loss")))
+    losses = [c for c in ordered if pd.api.types.is_numeric_dtype(hist[c]) and (hist[c] > 0).any()][:6]
     if hist.empty or not losses:
         return None
     return figures.learning_curves_figure(hist, e.trials, losses)

@@ -73,8 +73,8 @@ def rerender(artifacts: TrialArtifacts, out_dir: str | Path, *, device: str = "c
     import torch
 
     from apd.config import DecomposeConfig
-    from apd.decompose import make_components
     from apd.figures import make_figures
+    from apd.methods import method_of
     from apd.metrics import evaluate
     from apd.targets import load_target
 
@@ -83,9 +83,11 @@ def rerender(artifacts: TrialArtifacts, out_dir: str | Path, *, device: str = "c
     cfg = DecomposeConfig.from_dict({**artifacts.config, "device": device}, source=str(artifacts.dir / "config.yaml"))
     loaded = load_target(cfg.target, device)
     dev = torch.device(device)
-    comps = make_components(cfg, loaded.model, dev)
-    saved = torch.load(artifacts.components, map_location=dev, weights_only=False)
-    comps.load_state_dict(saved["state_dict"])
+    try:
+        saved = torch.load(artifacts.components, map_location=dev, weights_only=True)
+    except Exception as e:  # a foreign or planted file: never unpickle arbitrary objects
+        raise ConfigError(f"{artifacts.components}: not a components file ({type(e).__name__})") from None
+    comps = method_of(cfg).load(cfg, loaded.model, saved["state_dict"], dev)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)  # the evaluation stream `apd.run` uses
-    metrics, arrays = evaluate(cfg, loaded.model, comps, sample=lambda n: loaded.sample(n, gen))
+    metrics, arrays = evaluate(cfg, loaded.model, comps, sample=lambda n: loaded.sample(n, gen), labels=loaded.labels)
     return make_figures(loaded.model, comps, metrics, arrays, Path(out_dir))

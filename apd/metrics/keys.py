@@ -10,20 +10,6 @@ from typing import Any, Literal
 
 Family = Literal["tms", "resid_mlp", "generic"]
 
-LOSS_KEYS = (
-    "total_loss",
-    "faithfulness_loss",
-    "topk_recon_loss",
-    "act_recon_loss",
-    "schatten_loss",
-    "lp_sparsity_loss",
-    "out_recon_loss",
-)
-"""Final loss terms (null where a term is off)."""
-
-RUN_KEYS = ("status", "steps_done", *LOSS_KEYS, "mean_active")
-"""Written by the run code (not by `evaluate`)."""
-
 COMMON_KEYS = (
     "n_features",
     "identity_error",

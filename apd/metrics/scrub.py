@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from apd.components import Components
+from apd.methods.base import Decomposition
 from apd.targets.base import Target
 
 
@@ -34,7 +34,7 @@ def per_sample_mse(out: Tensor, ref: Tensor) -> Tensor:
     return (out - ref).pow(2).mean(dim=-1)
 
 
-def masked_output(target: Target, components: Components, x: Tensor, mask: Tensor) -> Tensor:
+def masked_output(target: Target, components: Decomposition, x: Tensor, mask: Tensor) -> Tensor:
     """Output of the APD model using only the components kept by `mask (batch, I, C)`."""
     return target(x, components.layer_fns(target.layers, mask.to(x.dtype)))
 

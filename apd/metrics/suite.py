@@ -17,10 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from apd.attributions import attributions
-from apd.components import Components
 from apd.config import DecomposeConfig, EvalConfig
-from apd.fast import fast_attributions
+from apd.methods import Decomposition, method_of
 from apd.metrics.contributions import (
     best_component_per_feature,
     neuron_contributions,
@@ -47,20 +45,24 @@ from apd.metrics.verdict import judge
 from apd.targets.base import Target
 from apd.targets.resid_mlp import ResidMLP
 from apd.targets.tms import TMS
-from apd.topk import sample_topk_mask
 
 Sampler = Callable[[int], Tensor]
 Labeler = Callable[[Tensor], Tensor]
-ATTR_CHUNK = 512
-"""Samples per attribution call: bounds the `(batch, C, d_out)` tensors of gradient attributions."""
 SCRUB_KEEP_PROB = 0.5
 
 
-def eval_attributions(cfg: DecomposeConfig, target: Target, components: Components, x: Tensor) -> Tensor:
-    """Detached attributions `(batch, I, C)` of `cfg.attribution_type`, in chunks of ATTR_CHUNK."""
-    fn = fast_attributions if cfg.implementation == "fast" else attributions
-    parts = [fn(cfg.attribution_type, target, components, xc).detach() for xc in x.split(ATTR_CHUNK)]
-    return torch.cat(parts)
+def eval_importances(cfg: DecomposeConfig, target: Target, components: Decomposition, x: Tensor) -> Tensor:
+    """The method's detached importances `(batch, I, C)` of its one component group (APD: attributions)."""
+    groups = method_of(cfg).importances(cfg, target, components, x)
+    if len(groups) != 1:
+        raise NotImplementedError(f"evaluation of {len(groups)} component groups")
+    return next(iter(groups.values()))
+
+
+def sample_top1_mask(attr: Tensor) -> Tensor:
+    """Each sample's most important component, none where every importance is zero: `(batch, I, C)` bool."""
+    top = torch.zeros_like(attr, dtype=torch.bool).scatter_(-1, attr.topk(1, dim=-1).indices, True)
+    return top & (attr > 0)
 
 
 def label_fn(target: Target, labels: Labeler | None) -> Labeler | None:
@@ -95,10 +97,10 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def evaluate_tms(target: TMS, components: Components) -> tuple[dict[str, Any], dict[str, Any]]:
+def evaluate_tms(target: TMS, components: Decomposition) -> tuple[dict[str, Any], dict[str, Any]]:
     """MMCS, ML2R and distinct matches over `linear1`; hidden layers vs the target's matrices."""
     W = target.weights()["linear1"].detach()
-    P = components.weight("linear1").detach()
+    P = components.component_weights("linear1").detach()
     s = tms_scores(W, P)
     metrics: dict[str, Any] = {
         "mmcs": s.mmcs.mean(),
@@ -137,7 +139,7 @@ class ResidSampleLosses:
 def resid_sample_losses(
     cfg: DecomposeConfig,
     target: ResidMLP,
-    components: Components,
+    components: Decomposition,
     feature_map: Tensor,
     sample: Sampler,
     generator: torch.Generator,
@@ -167,8 +169,8 @@ def resid_sample_losses(
         xs = x[rows]
         if xs.shape[0] == 0:
             continue
-        attr = eval_attributions(cfg, target, components, xs)
-        out1 = masked_output(target, components, xs, sample_topk_mask(attr, 1) & (attr > 0))
+        attr = eval_importances(cfg, target, components, xs)
+        out1 = masked_output(target, components, xs, sample_top1_mask(attr))
         pairs = {
             "top1_vs_target": (out1, tgt[rows]),
             "top1_vs_labels": (out1, y[rows]),
@@ -184,7 +186,7 @@ def resid_sample_losses(
 def evaluate_resid_mlp(
     cfg: DecomposeConfig,
     target: ResidMLP,
-    components: Components,
+    components: Decomposition,
     onehot_attr: Tensor,
     sample: Sampler,
     generator: torch.Generator,
@@ -202,8 +204,8 @@ def evaluate_resid_mlp(
     ).squeeze(1)  # (I, f, N)
     comp_contrib = neuron_contributions(
         w_e,
-        [components.weight(f"mlp_in_{k}").detach() for k in layers],
-        [components.weight(f"mlp_out_{k}").detach() for k in layers],
+        [components.component_weights(f"mlp_in_{k}").detach() for k in layers],
+        [components.component_weights(f"mlp_out_{k}").detach() for k in layers],
     )  # (I, C, f, N)
     represents = represented_features(comp_contrib, ev.contribution_cutoff)
     poly = polysemanticity(represents)
@@ -265,7 +267,7 @@ def evaluate_resid_mlp(
 def evaluate(
     cfg: DecomposeConfig,
     target: Target,
-    components: Components,
+    components: Decomposition,
     *,
     sample: Sampler,
     generator: torch.Generator | None = None,
@@ -280,7 +282,7 @@ def evaluate(
     ev: EvalConfig = cfg.eval
     device = next(components.parameters()).device
     onehot = one_hot_inputs(target.n_inputs, target.n_instances, device)
-    onehot_attr = eval_attributions(cfg, target, components, onehot).transpose(0, 1)  # (I, f, C)
+    onehot_attr = eval_importances(cfg, target, components, onehot).transpose(0, 1)  # (I, f, C)
     ident = identity_pattern(onehot_attr, ev.identity_tol)
     metrics: dict[str, Any] = {
         "n_features": target.n_inputs,

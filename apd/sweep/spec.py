@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 
 from apd.config import (
+    DEFAULT_METHOD,
     BaseConfig,
     DecomposeConfig,
     NonNegativeFloat,
@@ -31,23 +32,31 @@ from apd.config import (
     resolve_experiment,
 )
 from apd.errors import ConfigError
-from apd.metrics.keys import COMMON_KEYS, RESID_KEYS, RUN_KEYS, TMS_HIDDEN_KEYS, TMS_KEYS
+from apd.metrics.keys import COMMON_KEYS, RESID_KEYS, TMS_HIDDEN_KEYS, TMS_KEYS
 
 Scalar = str | bool | int | float | None
 """A categorical value (Optuna's categorical choices must be one of these)."""
 
-STEP_KEYS = (*(k for k in RUN_KEYS if k not in ("status", "steps_done")), "lr")
-"""Keys of every step record: the only metrics a pruner can watch while a trial runs."""
-OBJECTIVE_KEYS = tuple(
-    k
-    for k in (*RUN_KEYS, *COMMON_KEYS, *TMS_KEYS, *TMS_HIDDEN_KEYS, *RESID_KEYS)
-    if k != "status" and not k.endswith("_per_instance")
-)
-"""Scalar metrics.json keys a trial can be scored on."""
 RESERVED_KEYS = {
     "seed": "set the replica seeds with `seeds`",
     "log_every": "set the reporting interval with `report_every`",
+    "method": "a sweep runs one method: set it in the experiment (one sweep file per method)",
 }
+
+
+def step_keys(method: str) -> tuple[str, ...]:
+    """Keys of every step record of `method`: the only metrics a pruner can watch while a trial runs."""
+    from apd.methods import get_method
+
+    m = get_method(method)
+    return (*m.loss_keys, *m.stat_keys, "lr")
+
+
+def objective_keys(method: str) -> tuple[str, ...]:
+    """Scalar metrics.json keys a trial of `method` can be scored on."""
+    family = (*COMMON_KEYS, *TMS_KEYS, *TMS_HIDDEN_KEYS, *RESID_KEYS)
+    keys = ("steps_done", *(k for k in step_keys(method) if k != "lr"), *family)
+    return tuple(k for k in keys if not k.endswith("_per_instance"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,9 +226,16 @@ class ValidatedSweep:
     def total_trials(self) -> int:
         return self.n_draws * self.group_size
 
+    @property
+    def method(self) -> str:
+        """The decomposition method every trial runs."""
+        return str(self.base.get("method") or DEFAULT_METHOD)
+
     def config(self, params: Mapping[str, Any], seed: int) -> DecomposeConfig:
         """The trial config; raises pydantic's ValidationError (callers format it)."""
-        return DecomposeConfig.model_validate(self.config_dict(params, seed))
+        from apd.methods import validate_config
+
+        return validate_config(self.config_dict(params, seed))
 
     def config_dict(self, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
         extra: dict[str, Any] = {"seed": seed, "log_every": self.report_every}
@@ -266,6 +282,7 @@ def validate_spec(data: dict[str, Any], *, source: str, base_dir: Path = Path(".
     _check(spec, source)
     exp_path = _experiment_path(spec.experiment, base_dir, source)
     base = _base_config(exp_path, spec, source)
+    _check_metrics(spec, source, str(base.get("method") or DEFAULT_METHOD))
     report_every = spec.report_every or int(base.get("log_every") or DecomposeConfig.model_fields["log_every"].default)
     if spec.checkpoint_every is not None and spec.checkpoint_every % report_every:
         raise ConfigError(
@@ -321,9 +338,6 @@ def _check(spec: SweepSpec, source: str) -> None:
     for key, p in spec.parameters.items():
         _check_param(key, p, spec, seen, fail)
         seen[key] = p
-    for i, obj in enumerate(spec.objective):
-        if obj.metric not in OBJECTIVE_KEYS:
-            fail(f"objective.{i}.metric", f"unknown metric {obj.metric!r}; one of {', '.join(OBJECTIVE_KEYS)}")
     if spec.multi_objective and spec.search.algorithm == "cmaes":
         fail("search.algorithm", "cmaes is single-objective; use nsga2, tpe or random")
     _check_pruning(spec, fail)
@@ -369,8 +383,25 @@ def _check_pruning(spec: SweepSpec, fail: Any) -> None:
         fail("pruning.algorithm", "multi-objective sweeps cannot prune (use none)")
     if pruning.grace_steps is None:
         fail("pruning.grace_steps", "required for asha")
-    if pruning.metric not in STEP_KEYS:
-        fail("pruning.metric", f"must be a step metric, one of {', '.join(STEP_KEYS)} (got {pruning.metric!r})")
+
+
+def _check_metrics(spec: SweepSpec, source: str, method: str) -> None:
+    """Objectives and the pruning metric must be keys the experiment's method reports."""
+    from apd.methods import METHODS
+
+    if method not in METHODS:
+        raise ConfigError(f"{source}: experiment: unknown method {method!r}; known: {', '.join(METHODS)}")
+    allowed = objective_keys(method)
+    for i, obj in enumerate(spec.objective):
+        if obj.metric not in allowed:
+            raise ConfigError(
+                f"{source}: objective.{i}.metric: unknown metric {obj.metric!r}; one of {', '.join(allowed)}"
+            )
+    steps = step_keys(method)
+    if spec.pruning.algorithm != "none" and spec.pruning.metric not in steps:
+        raise ConfigError(
+            f"{source}: pruning.metric: must be a step metric, one of {', '.join(steps)} (got {spec.pruning.metric!r})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-from apd.sweep.spec import STEP_KEYS
 from apd.sweep.trial import TrialOutcome, TrialPoint
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -84,6 +83,8 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         self.parent_id: str | None = None
         self.commit = git_commit()
+        self.curves: dict[str, set[str]] = {}
+        """Keys logged as step curves per run: their final value is the curve's last point."""
 
     # -- the sweep (parent run)
 
@@ -154,6 +155,7 @@ class Tracker:
         metrics = [
             Metric(k, x, ts, step) for k, v in record.items() if k != "step" and (x := _metric_value(v)) is not None
         ]
+        self.curves.setdefault(run_id, set()).update(m.key for m in metrics)
         self.client.log_batch(run_id, metrics=metrics)
 
     def end_trial(self, run_id: str, outcome: TrialOutcome) -> None:
@@ -162,7 +164,7 @@ class Tracker:
             Metric(k, x, ts, outcome.steps_done)
             for k, v in outcome.metrics.items()
             # the losses already have their curve (the last record is the final value)
-            if k not in STEP_KEYS and k != "steps_done" and (x := _metric_value(v)) is not None
+            if k not in self.curves.get(run_id, ()) and k != "steps_done" and (x := _metric_value(v)) is not None
         ]
         for i, v in enumerate(outcome.objective or []):
             metrics.append(Metric("objective" if len(outcome.objective or []) == 1 else f"objective.{i}", v, ts, 0))

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from apd.components import Components
 from apd.config import DecomposeConfig
 from apd.data import sample_sparse_features
+from apd.methods.apd.components import Components
 from apd.targets.resid_mlp import ResidMLP
 from apd.targets.tms import TMS
 

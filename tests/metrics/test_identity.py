@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from apd.components import Components
+from apd.methods.apd.components import Components
 from apd.metrics import evaluate, metric_keys
 from apd.metrics.identity import identity_pattern, normalize_rows
 from apd.targets.file import LinearStack

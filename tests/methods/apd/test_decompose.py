@@ -1,10 +1,11 @@
 import pytest
 import torch
 
-from apd.components import Components
 from apd.config import DecomposeConfig
 from apd.data import Batches, sample_sparse_features
 from apd.decompose import StepRecord, decompose
+from apd.methods.apd.components import Components
+from apd.methods.apd.config import APDConfig
 
 
 def cfg(**kw: object) -> DecomposeConfig:
@@ -22,7 +23,7 @@ def cfg(**kw: object) -> DecomposeConfig:
         log_every=10,
         seed=0,
     )
-    return DecomposeConfig.model_validate(base | kw)
+    return APDConfig.model_validate(base | kw)
 
 
 def batches(n_instances: int, batch_size: int = 256, seed: int = 0) -> Batches:
@@ -41,7 +42,7 @@ def test_losses_fall_on_a_real_decomposition(tms52) -> None:
     assert last["total_loss"] < 0.2 * first["total_loss"]
     assert last["faithfulness_loss"] < 0.1 * first["faithfulness_loss"]
     # batch top-k keeps int(0.211 * 256) = 54 of 256 * 5 slots: 54 / 256 components per sample
-    assert result.records[-1].mean_active == pytest.approx(54 / 256)
+    assert result.records[-1].stats["mean_active"] == pytest.approx(54 / 256)
 
 
 def test_naive_and_fast_steps_give_identical_losses(tms52) -> None:

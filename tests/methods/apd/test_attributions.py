@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from apd.attributions import attributions
-from apd.components import Components
-from apd.fast import fast_attributions
+from apd.methods.apd.attributions import attributions
+from apd.methods.apd.components import Components
+from apd.methods.apd.fast import fast_attributions
 from apd.targets.base import Target
 from apd.targets.resid_mlp import ResidMLP
 from apd.targets.tms import TMS

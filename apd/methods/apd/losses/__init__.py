@@ -12,16 +12,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from apd.attributions import attributions
-from apd.components import Components
-from apd.config import DecomposeConfig
-from apd.fast import compiled_attributions, fast_attributions, masked_layer_fns, needs_graph, target_pass
-from apd.losses.faithfulness import faithfulness_loss
-from apd.losses.lp_sparsity import lp_sparsity_loss, lp_weights
-from apd.losses.reconstruction import act_recon_loss, topk_recon_loss
-from apd.losses.schatten import schatten_loss
+from apd.methods.apd.attributions import attributions
+from apd.methods.apd.components import Components
+from apd.methods.apd.config import APDConfig
+from apd.methods.apd.fast import compiled_attributions, fast_attributions, masked_layer_fns, needs_graph, target_pass
+from apd.methods.apd.losses.faithfulness import faithfulness_loss
+from apd.methods.apd.losses.lp_sparsity import lp_sparsity_loss, lp_weights
+from apd.methods.apd.losses.reconstruction import act_recon_loss, topk_recon_loss
+from apd.methods.apd.losses.schatten import schatten_loss
+from apd.methods.apd.topk import topk_mask
 from apd.targets.base import Target, run_with_cache
-from apd.topk import topk_mask
 
 __all__ = [
     "LossOutput",
@@ -44,14 +44,14 @@ class LossOutput:
     """`(batch, instances, C)`: the top-k mask (bool) or the Lp weights."""
 
 
-def apd_loss(cfg: DecomposeConfig, target: Target, components: Components, x: Tensor) -> LossOutput:
+def apd_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor) -> LossOutput:
     """All loss terms for a batch `x (batch, instances, n_inputs)`."""
     if cfg.implementation == "naive":
         return _naive_loss(cfg, target, components, x)
     return _fast_loss(cfg, target, components, x)
 
 
-def _naive_loss(cfg: DecomposeConfig, target: Target, components: Components, x: Tensor) -> LossOutput:
+def _naive_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor) -> LossOutput:
     """The reference step (method notes 1.13), including its full APD forward and per-output attributions."""
     layers = target.layers
     weights = {p: w.detach() for p, w in target.weights().items()}
@@ -80,12 +80,14 @@ def _naive_loss(cfg: DecomposeConfig, target: Target, components: Components, x:
                 [topk_cache[n][1] for n in names], [target_cache[n][1] for n in names], relu=target.act_recon_relu
             )
     if cfg.schatten_coeff is not None:
-        terms["schatten_loss"] = schatten_loss(components, layers, mask, p=cfg.schatten_pnorm, n_params=n_params)
+        terms["schatten_loss"] = schatten_loss(
+            components, layers, mask, p=cfg.schatten_pnorm, n_params=n_params, form=cfg.lp_schatten_form
+        )
     return _total(cfg, terms, mask)
 
 
-def _fast_loss(cfg: DecomposeConfig, target: Target, components: Components, x: Tensor) -> LossOutput:
-    """The same terms as `_naive_loss` (up to float rounding) from fewer, cheaper passes (`apd.fast`).
+def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor) -> LossOutput:
+    """The same terms as `_naive_loss` (up to float rounding) from fewer, cheaper passes (`apd.methods.apd.fast`).
 
     One target pass gives the labels, the act-recon targets and the attribution inputs; the full
     APD forward runs only for `out_recon_coeff`; top-k attributions run without a graph; the masked
@@ -127,24 +129,26 @@ def _fast_loss(cfg: DecomposeConfig, target: Target, components: Components, x: 
                 relu=target.act_recon_relu,
             )
     if cfg.schatten_coeff is not None:
-        terms["schatten_loss"] = schatten_loss(components, layers, mask, p=cfg.schatten_pnorm, n_params=n_params)
+        terms["schatten_loss"] = schatten_loss(
+            components, layers, mask, p=cfg.schatten_pnorm, n_params=n_params, form=cfg.lp_schatten_form
+        )
     return _total(cfg, terms, mask)
 
 
-def _autocast(cfg: DecomposeConfig, x: Tensor) -> AbstractContextManager[object]:
+def _autocast(cfg: APDConfig, x: Tensor) -> AbstractContextManager[object]:
     if cfg.autocast_dtype is None:
         return nullcontext()
     return torch.autocast(x.device.type, dtype=getattr(torch, cfg.autocast_dtype))
 
 
-def _topk(cfg: DecomposeConfig, attr: Tensor, x: Tensor) -> Tensor:
+def _topk(cfg: APDConfig, attr: Tensor, x: Tensor) -> Tensor:
     assert cfg.topk is not None
     return topk_mask(
         attr, topk=cfg.topk, batch_topk=cfg.batch_topk, exact=cfg.exact_topk, x=x, always_on_last=cfg.distil_from_target
     )
 
 
-def _total(cfg: DecomposeConfig, terms: dict[str, Tensor], mask: Tensor) -> LossOutput:
+def _total(cfg: APDConfig, terms: dict[str, Tensor], mask: Tensor) -> LossOutput:
     coeffs = {
         "faithfulness_loss": cfg.param_match_coeff,
         "topk_recon_loss": cfg.topk_recon_coeff,

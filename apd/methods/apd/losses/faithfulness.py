@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from apd.components import Components
+from apd.methods.apd.components import Components
 from apd.targets.base import Layer
 
 

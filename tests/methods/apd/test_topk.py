@@ -1,6 +1,6 @@
 import torch
 
-from apd.topk import batch_topk_mask, sample_topk_mask, topk_mask
+from apd.methods.apd.topk import batch_topk_mask, sample_topk_mask, topk_mask
 
 
 def test_batch_topk_keeps_k_per_instance_over_the_batch() -> None:

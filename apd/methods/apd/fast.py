@@ -1,6 +1,6 @@
 """The fast APD step (method notes 1.4, 6): attributions for all outputs at once, a sparse top-k pass.
 
-Same numbers as the reference code (`apd.attributions`, `Components.layer_fn`) up to float
+Same numbers as the reference code (`apd.methods.apd.attributions`, `Components.layer_fn`) up to float
 rounding; `tests/core/test_fast.py` checks every target family and attribution type.
 
 * Gradient attributions `attr_c = sum_o s_{c,o}^2` need the output tangents
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from apd.components import Components
+from apd.methods.apd.components import Components
 from apd.targets.base import Layer, LayerFn, Target, run_with_cache
 from apd.targets.resid_mlp import ResidMLP
 from apd.targets.tms import TMS
@@ -383,7 +383,7 @@ def _linear_fn(w: Tensor) -> LayerFn:
 def fast_attributions(
     kind: str, target: Target, components: Components, x: Tensor, *, run: ModelPass | None = None
 ) -> Tensor:
-    """Same values as `apd.attributions.attributions(kind, ...)`, for all outputs at once.
+    """Same values as `apd.methods.apd.attributions.attributions(kind, ...)`, for all outputs at once.
 
     Differentiable w.r.t. the components where the reference is (Lp APD) when called with grad
     enabled; call it under `torch.no_grad()` when only the top-k mask uses it. `run` reuses the

@@ -1,4 +1,4 @@
-"""The fast step (`apd.fast`, `implementation: fast`) against the per-output reference code.
+"""The fast step (`apd.methods.apd.fast`, `implementation: fast`) against the per-output reference code.
 
 Every target family (TMS with and without hidden identity layers, 1- and 2-layer residual MLPs,
 the hand-coded gated model, a user-supplied linear stack, and TMS/resid through the generic
@@ -12,14 +12,15 @@ import pytest
 import torch
 from torch import Tensor
 
-import apd.fast as fast
-from apd.attributions import attributions
-from apd.components import Components
+import apd.methods.apd.fast as fast
 from apd.config import DecomposeConfig
 from apd.data import Batches, sample_sparse_features
 from apd.decompose import decompose
-from apd.fast import ActivePairs, fast_attributions, masked_layer_fns, needs_graph
-from apd.losses import apd_loss
+from apd.methods.apd.attributions import attributions
+from apd.methods.apd.components import Components
+from apd.methods.apd.config import APDConfig
+from apd.methods.apd.fast import ActivePairs, fast_attributions, masked_layer_fns, needs_graph
+from apd.methods.apd.losses import apd_loss
 from apd.targets.base import Target
 from apd.targets.file import LinearStack
 from apd.targets.gated import GatedMLP
@@ -186,7 +187,7 @@ def config(kind: str, **kw: object) -> DecomposeConfig:
         steps=10,
         batch_size=16,
     )
-    return DecomposeConfig.model_validate(base | kw)
+    return APDConfig.model_validate(base | kw)
 
 
 def loss_and_grads(cfg: DecomposeConfig, target: Target, comps: Components, x: Tensor):
@@ -273,7 +274,7 @@ def test_resid_training_runs_match_step_for_step() -> None:
     for f, n in zip(runs[0].records, runs[1].records, strict=True):
         for key, value in f.losses.items():
             assert value == pytest.approx(n.losses[key], rel=1e-4, abs=1e-8), (f.step, key)
-        assert f.mean_active == n.mean_active
+        assert f.stats["mean_active"] == n.stats["mean_active"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,14 +6,19 @@ so a component can span layers. A tied layer (TMS linear2) uses `A' = B^T`, `B' 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
+from apd.methods.base import Decomposition, Masks
 from apd.targets.base import Layer, LayerFn
 
 
-class Components(nn.Module):
-    """The learned decomposition of a target's decomposed parameters."""
+class Components(Decomposition):
+    """The learned decomposition of a target's decomposed parameters: one group over every layer."""
+
+    GROUP = "components"
 
     def __init__(
         self,
@@ -24,9 +29,14 @@ class Components(nn.Module):
         m: int,
         init_scale: float = 1.0,
         generator: torch.Generator | None = None,
+        layers: tuple[Layer, ...] | None = None,
     ) -> None:
         super().__init__()
-        self.n_instances, self.C, self.m = n_instances, C, m
+        self.n_instances, self.m = n_instances, m
+        self.params = tuple(param_shapes)
+        names = tuple(layer.name for layer in layers) if layers is not None else self.params
+        self.groups = {self.GROUP: names}
+        self.group_sizes = {self.GROUP: C}
         self.A = nn.ParameterDict()
         self.B = nn.ParameterDict()
         for name, (d_in, d_out) in param_shapes.items():
@@ -50,9 +60,16 @@ class Components(nn.Module):
             return b.transpose(-1, -2), a.transpose(-1, -2)
         return a, b
 
+    @property
+    def C(self) -> int:
+        return self.group_sizes[self.GROUP]
+
     def weight(self, param: str) -> Tensor:
         """Materialised components `(instances, C, d_in, d_out)`."""
         return self.A[param] @ self.B[param]
+
+    def component_weights(self, param: str) -> Tensor:
+        return self.weight(param)
 
     def total_weight(self, param: str) -> Tensor:
         """Sum over components `(instances, d_in, d_out)`: what the full APD model uses."""
@@ -68,9 +85,11 @@ class Components(nn.Module):
         _, b = self.factors(layer)
         return torch.einsum("b i c m, i c m e -> b i c e", self.inner_acts(layer, x), b)
 
-    def layer_fn(self, layer: Layer, mask: Tensor | None = None) -> LayerFn:
+    def layer_fn(self, layer: Layer, mask: Masks | None = None) -> LayerFn:
         """The layer as APD computes it: all components, or those kept by `mask (batch, instances, C)`."""
         _, b = self.factors(layer)
+        if isinstance(mask, Mapping):
+            mask = mask[self.GROUP]
 
         def fn(x: Tensor) -> Tensor:
             inner = self.inner_acts(layer, x)
@@ -80,7 +99,7 @@ class Components(nn.Module):
 
         return fn
 
-    def layer_fns(self, layers: tuple[Layer, ...], mask: Tensor | None = None) -> dict[str, LayerFn]:
+    def layer_fns(self, layers: tuple[Layer, ...], mask: Masks | None = None) -> dict[str, LayerFn]:
         return {layer.name: self.layer_fn(layer, mask) for layer in layers}
 
     @torch.no_grad()

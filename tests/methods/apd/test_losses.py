@@ -1,8 +1,15 @@
 import pytest
 import torch
 
-from apd.components import Components
-from apd.losses import act_recon_loss, faithfulness_loss, lp_sparsity_loss, lp_weights, schatten_loss, topk_recon_loss
+from apd.methods.apd.components import Components
+from apd.methods.apd.losses import (
+    act_recon_loss,
+    faithfulness_loss,
+    lp_sparsity_loss,
+    lp_weights,
+    schatten_loss,
+    topk_recon_loss,
+)
 from apd.targets.base import Layer
 
 W = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # (1 instance, 2, 2)

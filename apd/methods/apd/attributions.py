@@ -1,7 +1,7 @@
 """Per-sample, per-component attributions `(batch, instances, C)` (method notes 1.4).
 
 These are the reference implementations (one autograd call per output dimension), kept as the
-test oracle for the fast path in `apd.fast`.
+test oracle for the fast path in `apd.methods.apd.fast`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from apd.components import Components
+from apd.methods.apd.components import Components
 from apd.targets.base import Target, run_with_cache
 
 
