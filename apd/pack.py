@@ -408,3 +408,77 @@ def _diverged(step: int, values: dict[str, float], terms: Sequence[str]) -> Dive
         ((k, values[k]) for k in terms if not math.isfinite(values[k])), ("total_loss", values["total_loss"])
     )
     return Diverged(step, term, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# pack: auto
+
+
+AUTO_MAX = 64
+"""The largest pack `measure_pack_size` tries."""
+AUTO_GAIN = 1.1
+"""Doubling the pack must raise settings per second by this factor to be worth it."""
+
+
+def measure_pack_size(cfg: MethodConfig, *, max_size: int = AUTO_MAX, steps: int = 5) -> int:
+    """The pack size that trains the most settings of `cfg` per second on its device (`pack: auto`).
+
+    1 on a CPU without measuring: there a step is bound by per-element work, so K members cost
+    about K solo steps (bench/RESULTS.md). Elsewhere it times a few steps at K = 1, 2, 4, ... and
+    stops when doubling K gains less than `AUTO_GAIN` in settings per second, or memory runs out.
+    """
+    from apd.device import resolve_device
+    from apd.targets import load_target
+
+    device = resolve_device(cfg.device)
+    if device.type == "cpu" or not method_of(cfg).pack_keys:
+        return 1
+    loaded = load_target(cfg.target, device)
+    best, best_rate, k = 1, 0.0, 1
+    while k <= max_size:
+        cfgs = [cfg.model_copy(update={"seed": cfg.seed + j}) for j in range(k)]
+        try:
+            seconds = _step_seconds(
+                cfgs, loaded.model, [loaded.batches(c.batch_size, seed=c.seed) for c in cfgs], steps
+            )
+        except torch.OutOfMemoryError:
+            break
+        rate = k / seconds
+        if rate < best_rate * AUTO_GAIN:
+            break
+        best, best_rate, k = k, rate, 2 * k
+    return best
+
+
+def _step_seconds(
+    cfgs: Sequence[MethodConfig], target: Target, batches: Sequence[Iterator[Tensor]], steps: int
+) -> float:
+    """Seconds per training step of the pack `cfgs`, after two warm-up steps."""
+    import time
+
+    pack = _Pack(cfgs, target, range(len(cfgs)))
+    sampling = [sampling_generator(c, pack.device) for c in cfgs]
+
+    def step(s: int) -> None:
+        pack.method.before_step(cfgs[0], pack.comps)
+        _, neg_step = pack.lrs(s)
+        x = torch.cat([next(b) for b in batches], dim=1)
+        out = pack.method.packed_loss(pack.members, pack.packed_target, pack.comps, x, sampling)
+        pack.opt.zero_grad()
+        out.total.backward()
+        pack.method.after_backward(cfgs[0], pack.comps)
+        pack.opt.step(neg_step)
+
+    for s in range(2):
+        step(s)
+    _sync(pack.device)
+    start = time.perf_counter()
+    for s in range(2, 2 + steps):
+        step(s)
+    _sync(pack.device)
+    return (time.perf_counter() - start) / steps
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

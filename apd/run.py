@@ -94,16 +94,17 @@ def run_pack(
     cfgs: Sequence[DecomposeConfig],
     out_dirs: Sequence[Path | None] | None = None,
     *,
-    on_step: Callable[[int, StepRecord], None] | None = None,
+    on_step: Callable[[dict[int, StepRecord]], None] | None = None,
     on_end: Callable[[int, RunResult], None] | None = None,
     checkpoint_path: Path | None = None,
     checkpoint_every: int | None = None,
     progress: bool = True,
 ) -> dict[int, RunResult]:
-    """`run_decomposition` for the members `cfgs` of one pack: member j reports as `on_step(j, record)`,
-    and when it ends (diverged, or all finished) its folder `out_dirs[j]` is written and `on_end(j, result)`
-    called. With `checkpoint_path` the pack resumes from it and saves there as a solo run does; a
-    resumed pack runs (and returns) only the members still live in the checkpoint.
+    """`run_decomposition` for the members `cfgs` of one pack: each record step reports the live
+    members' records as `on_step({j: record})`; when member j ends (diverged, or all finished) its
+    folder `out_dirs[j]` is written and `on_end(j, result)` called. With `checkpoint_path` the pack
+    resumes from it and saves there as a solo run does; a resumed pack runs (and returns) only the
+    members still live in the checkpoint.
     """
     from apd.pack import PackRecord, check_members, decompose_pack
     from apd.targets import load_target
@@ -128,8 +129,7 @@ def run_pack(
         if checkpoint_path is not None and (record.step % every == 0):
             atomic_torch_save(record.state(), checkpoint_path)
         if on_step is not None:
-            for j, member_record in record.records.items():
-                on_step(j, member_record)
+            on_step(record.records)
 
     results: dict[int, RunResult] = {}
 

@@ -114,7 +114,7 @@ def test_a_diverging_member_ends_alone_and_the_others_go_on(tiny_path: Path, tmp
     packed = run_pack(
         cfgs,
         [tmp_path / f"m{j}" for j in range(3)],
-        on_step=lambda j, r: events.append((j, r.step)),
+        on_step=lambda records: events.extend((j, r.step) for j, r in records.items()),
         on_end=lambda j, r: events.append((j, r.status)),
         progress=False,
     )
