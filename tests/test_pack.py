@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from apd.data import Batches, sample_sparse_features
 from apd.decompose import decompose
 from apd.errors import ConfigError
 from apd.methods.apd.config import APDConfig
-from apd.pack import PackedAdam, check_members, decompose_pack, tile_target
+from apd.pack import PackedAdam, PackRecord, check_members, decompose_pack, tile_target
 from apd.run import run_decomposition, run_pack
 from tests.methods.apd.conftest import trained_tms
 
@@ -160,3 +161,29 @@ def test_packed_adam_is_adamw_with_a_learning_rate_per_member() -> None:
         packed.grad = torch.cat(grads)
         adam.step(torch.tensor(adam.step_sizes(lrs, t)))
     assert torch.equal(packed, torch.cat(alone))  # op for op: bitwise on the CPU
+
+
+def test_a_pack_resumes_from_its_snapshot_as_if_unbroken() -> None:
+    """Member 1 diverges early and leaves; a snapshot at step 20 holds the other two, and resuming
+    from it gives their records and components of the unbroken pack."""
+    target = trained_tms()
+    cfgs = [cfg(), cfg(lr=1e30, lr_warmup_pct=0.0, seed=1), cfg(topk=0.3, seed=2)]
+    saved: dict = {}
+
+    def keep(record: PackRecord) -> None:
+        if record.step == 20:
+            buf = io.BytesIO()
+            torch.save(record.state(), buf)
+            buf.seek(0)
+            saved.update(torch.load(buf, weights_only=False))
+
+    unbroken = decompose_pack(cfgs, target, [batches(c.seed) for c in cfgs], on_step=keep, progress=False)
+    assert unbroken[1].status == "diverged" and saved["members"] == [0, 2]
+    resumed = decompose_pack(cfgs, target, [batches(100 + c.seed) for c in cfgs], state=saved, progress=False)
+    assert sorted(resumed) == [0, 2]
+    for j in (0, 2):
+        assert [r.step for r in resumed[j].records] == [30, 40]  # step 20 is not repeated
+        for a, b in zip(unbroken[j].records[3:], resumed[j].records, strict=True):
+            assert a.losses == b.losses
+        for key, value in unbroken[j].components.state_dict().items():
+            assert torch.equal(resumed[j].components.state_dict()[key], value)

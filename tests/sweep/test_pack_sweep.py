@@ -99,3 +99,18 @@ def test_pack_is_refused_with_pruning() -> None:
     assert validate_spec(spec_of(pack="auto", pruning=pruning), source="s.yaml").spec.pack == "auto"
     with pytest.raises(ConfigError, match=r"^s.yaml: pack: "):
         validate_spec(spec_of(pack=0), source="s.yaml")
+
+
+@pytest.mark.slow
+def test_packed_inline_sweep_resumes_after_sigkill(tiny_target: Path, tmp_path: Path) -> None:
+    """Killed while a pack runs, after another finished: the finished members are kept, the running
+    ones rerun once (in new packs), no point twice."""
+    from tests.sweep.test_resume import check_resumed, kill_when_busy, start_sweep
+
+    data = sweep_dict(tiny_target, name="resume", search={"algorithm": "tpe", "n_trials": 3, "seed": 2}, pack=2)
+    data["fixed"]["steps"] = 200
+    spec, out = write_sweep(tmp_path / "resume.yaml", data), tmp_path / "out"
+    before = kill_when_busy(start_sweep(str(spec), "--out", str(out), "--engine", "inline"), out)
+    assert Counter(r["status"] for r in before.values())["RUNNING"] == 2  # a whole pack was caught
+    assert sweep_main(args(spec, out, engine="inline", resume=True)) == 0
+    check_resumed(out, before, total=6)
