@@ -303,15 +303,8 @@ def decompose_pack(
     cfg = cfgs[0]
     pack = _Pack(cfgs, target, state["members"] if state is not None else range(len(cfgs)))
     sampling = [sampling_generator(c, pack.device) for c in cfgs]
-    start, resumed_at = 0, -1
-    if state is not None:
-        pack.comps.load_state_dict(state["components"])
-        pack.opt.load_state_dict(state["optimizer"])
-        for j, data, gen in zip(pack.alive, state["data"], state["sampling"], strict=True):
-            if data is not None and hasattr(batches[j], "load_state_dict"):
-                batches[j].load_state_dict(data)  # type: ignore[attr-defined]
-            sampling[j].set_state(gen.cpu())
-        start = resumed_at = state["step"]
+    resumed_at = _resume(pack, state, batches, sampling) if state is not None else -1
+    start = max(resumed_at, 0)
     records: dict[int, list[StepRecord]] = {j: [] for j in range(len(cfgs))}
     results: dict[int, DecomposeResult] = {}
 
@@ -335,20 +328,8 @@ def decompose_pack(
         assert out.member_totals is not None, f"{pack.method.name}.packed_loss returned no member totals"
         first_bad = torch.where(~torch.isfinite(out.member_totals) & (first_bad < 0), step, first_bad)
         leaving: list[int] = []
-        if is_record and step != resumed_at:  # a resumed run's first record repeats the last
-            assert snap is not None
-            rows = _host_rows(pack, out, first_bad)
-            made = {}
-            for p, j in enumerate(pack.alive):
-                bad, values = int(rows["first_bad"][p]), {k: v[p] for k, v in rows.items()}
-                if bad >= 0:
-                    leaving.append(j)
-                    err = _diverged(bad, values, tuple(out.terms))
-                    end(j, DecomposeResult(pack.member(j), "diverged", bad, records[j], str(err)))
-                    continue
-                losses = {"total_loss": values["total_loss"], **{k: values[k] for k in out.terms}}
-                made[j] = StepRecord(step, lrs[p], losses, {k: values[k] for k in out.stats}, snap)
-                records[j].append(made[j])
+        if snap is not None and step != resumed_at:  # a resumed run's first record repeats the last
+            made, leaving = _record(pack, out, first_bad, step, lrs, snap, records, end)
             if on_step is not None and made:
                 on_step(PackRecord(step, made, snap))
         if step == cfg.steps:
@@ -367,6 +348,46 @@ def decompose_pack(
         if j not in results:
             end(j, DecomposeResult(pack.member(j), "finished", cfg.steps, records[j]))
     return results
+
+
+def _resume(
+    pack: _Pack, state: dict[str, Any], batches: Sequence[Iterator[Tensor]], sampling: Sequence[torch.Generator]
+) -> int:
+    """Load a `PackRecord.state()` snapshot into the pack and the members' streams; its step."""
+    pack.comps.load_state_dict(state["components"])
+    pack.opt.load_state_dict(state["optimizer"])
+    for j, data, gen in zip(pack.alive, state["data"], state["sampling"], strict=True):
+        if data is not None and hasattr(batches[j], "load_state_dict"):
+            batches[j].load_state_dict(data)  # type: ignore[attr-defined]
+        sampling[j].set_state(gen.cpu())
+    return int(state["step"])
+
+
+def _record(
+    pack: _Pack,
+    out: StepOutput,
+    first_bad: Tensor,
+    step: int,
+    lrs: Sequence[float],
+    snap: Callable[[], dict[str, Any]],
+    records: dict[int, list[StepRecord]],
+    end: Callable[[int, DecomposeResult], None],
+) -> tuple[dict[int, StepRecord], list[int]]:
+    """Each live member's record at `step` as its solo run makes it, or its end if its loss turned
+    NaN/inf (at its first bad step): (the records, the members leaving)."""
+    rows = _host_rows(pack, out, first_bad)
+    made, leaving = {}, []
+    for p, j in enumerate(pack.alive):
+        bad, values = int(rows["first_bad"][p]), {k: v[p] for k, v in rows.items()}
+        if bad >= 0:
+            leaving.append(j)
+            err = _diverged(bad, values, tuple(out.terms))
+            end(j, DecomposeResult(pack.member(j), "diverged", bad, records[j], str(err)))
+            continue
+        losses = {"total_loss": values["total_loss"], **{k: values[k] for k in out.terms}}
+        made[j] = StepRecord(step, lrs[p], losses, {k: values[k] for k in out.stats}, snap)
+        records[j].append(made[j])
+    return made, leaving
 
 
 def _snapshot(

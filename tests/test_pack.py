@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 from pathlib import Path
@@ -13,7 +14,7 @@ from apd.data import Batches, sample_sparse_features
 from apd.decompose import decompose
 from apd.errors import ConfigError
 from apd.methods.apd.config import APDConfig
-from apd.pack import PackedAdam, PackRecord, check_members, decompose_pack, tile_target
+from apd.pack import PackedAdam, PackRecord, check_members, decompose_pack, measure_pack_size, tile_target
 from apd.run import run_decomposition, run_pack
 from tests.methods.apd.conftest import trained_tms
 
@@ -36,11 +37,16 @@ def cfg(**kw: object) -> APDConfig:
     return APDConfig.model_validate(base | kw)
 
 
-def batches(seed: int, n_instances: int = 2, batch_size: int = 256) -> Batches:
+def batches(seed: int, n_instances: int = 2, batch_size: int = 256, device: str = "cpu") -> Batches:
     def sample(n: int, gen: torch.Generator) -> torch.Tensor:
-        return sample_sparse_features(n, n_instances, 5, feature_probability=0.05, value_range=(0, 1), generator=gen)
+        return sample_sparse_features(
+            n, n_instances, 5, feature_probability=0.05, value_range=(0, 1), generator=gen, device=device
+        )
 
-    return Batches(sample, batch_size, seed=seed, device="cpu")
+    return Batches(sample, batch_size, seed=seed, device=device)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
 MEMBERS = [
@@ -51,11 +57,12 @@ MEMBERS = [
 ]
 
 
-def test_pack_of_four_equals_the_four_runs_alone() -> None:
-    target = trained_tms()
+@pytest.mark.parametrize("device", DEVICES)
+def test_pack_of_four_equals_the_four_runs_alone(device: str) -> None:
+    target = copy.deepcopy(trained_tms()).to(device)
     cfgs = [cfg(**m) for m in MEMBERS]
-    alone = [decompose(c, target, batches(c.seed), progress=False) for c in cfgs]
-    packed = decompose_pack(cfgs, target, [batches(c.seed) for c in cfgs], progress=False)
+    alone = [decompose(c, target, batches(c.seed, device=device), progress=False) for c in cfgs]
+    packed = decompose_pack(cfgs, target, [batches(c.seed, device=device) for c in cfgs], progress=False)
     for a, p in zip(alone, packed.values(), strict=True):
         assert p.status == a.status == "finished" and p.steps_done == a.steps_done
         assert [r.step for r in p.records] == [r.step for r in a.records]
@@ -187,3 +194,14 @@ def test_a_pack_resumes_from_its_snapshot_as_if_unbroken() -> None:
             assert a.losses == b.losses
         for key, value in unbroken[j].components.state_dict().items():
             assert torch.equal(resumed[j].components.state_dict()[key], value)
+
+
+def test_a_target_without_an_instance_axis_is_refused() -> None:
+    from apd.targets.gated import GatedMLP
+
+    with pytest.raises(ConfigError, match=r"^pack: target GatedMLP cannot be packed"):
+        tile_target(GatedMLP(), 2)
+
+
+def test_auto_pack_size_is_one_on_a_cpu() -> None:
+    assert measure_pack_size(cfg(device="cpu")) == 1

@@ -114,3 +114,21 @@ def test_packed_inline_sweep_resumes_after_sigkill(tiny_target: Path, tmp_path: 
     assert Counter(r["status"] for r in before.values())["RUNNING"] == 2  # a whole pack was caught
     assert sweep_main(args(spec, out, engine="inline", resume=True)) == 0
     check_resumed(out, before, total=6)
+
+
+@pytest.mark.slow
+def test_packed_ray_sweep_resumes_after_sigkill(ray_local: None, tiny_target: Path, tmp_path: Path) -> None:
+    """The same on Ray (the killed driver on the session's Ray): Tune trials are packs of 2."""
+    import ray
+
+    from tests.sweep.test_resume import check_resumed, kill_when_busy, start_sweep
+
+    data = sweep_dict(
+        tiny_target, name="resume", search={"algorithm": "random", "n_trials": 4, "seed": 1}, pack=2, max_concurrent=2
+    )
+    data["fixed"]["steps"] = 300
+    spec, out = write_sweep(tmp_path / "resume.yaml", data), tmp_path / "out"
+    address = ray.get_runtime_context().gcs_address
+    before = kill_when_busy(start_sweep(str(spec), "--out", str(out), "--address", address), out)
+    assert sweep_main(args(spec, out, resume=True)) == 0
+    check_resumed(out, before, total=8)
