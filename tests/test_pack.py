@@ -83,21 +83,23 @@ def tiny_path() -> Path:
     return train_target("tms-5-2", 0, steps=300, progress=False, device="cpu")
 
 
-def run_cfg(path: Path, **kw: object) -> APDConfig:
-    return cfg(target={"path": str(path)}, steps=30, batch_size=128, eval={"figures": False}, **kw)
+def run_cfg(path: Path, figures: bool = False, **kw: object) -> APDConfig:
+    return cfg(target={"path": str(path)}, steps=30, batch_size=128, eval={"figures": figures}, **kw)
 
 
 def test_pack_members_write_the_run_folders_of_their_solo_runs(tiny_path: Path, tmp_path: Path) -> None:
-    cfgs = [run_cfg(tiny_path, **m) for m in MEMBERS]
+    cfgs = [run_cfg(tiny_path, **m) for m in MEMBERS[:3]] + [run_cfg(tiny_path, True, **MEMBERS[3])]
     alone = [run_decomposition(c, tmp_path / f"alone{j}", progress=False) for j, c in enumerate(cfgs)]
     ended: list[int] = []
     packed = run_pack(
         cfgs, [tmp_path / f"pack{j}" for j in range(4)], on_end=lambda j, r: ended.append(j), progress=False
     )
     assert sorted(ended) == [0, 1, 2, 3] and sorted(packed) == [0, 1, 2, 3]
+    assert list((tmp_path / "pack3/figures").glob("*.png"))
     for j, a in enumerate(alone):
         solo, member = tmp_path / f"alone{j}", tmp_path / f"pack{j}"
         assert sorted(p.name for p in member.iterdir()) == sorted(p.name for p in solo.iterdir())
+        assert sorted(p.name for p in member.glob("figures/*")) == sorted(p.name for p in solo.glob("figures/*"))
         assert (member / "config.yaml").read_text() == (solo / "config.yaml").read_text()
         m_solo, m_pack = (json.loads((d / "metrics.json").read_text()) for d in (solo, member))
         assert m_pack.keys() == m_solo.keys() and m_pack == packed[j].metrics

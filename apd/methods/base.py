@@ -20,8 +20,10 @@ owning instances `[j I, (j + 1) I)` of a target tiled K times. A method supports
 
 The shared keys of `apd.pack.MEMBER_KEYS` (lr and its schedule, seed, evaluation) are the loop's
 business; every other key must be equal across the members. `before_step`/`after_backward` get
-the first member's config. APD supports packs; a method with empty `pack_keys` (the default) runs
-every setting alone.
+the first member's config. The target is tiled by `apd.pack.tile_target`, which needs the
+instance axis first on its every parameter and buffer (checked: the gated target has none, so it
+is refused). APD supports packs; a method with empty `pack_keys` (the default) runs every setting
+alone.
 """
 
 from __future__ import annotations
