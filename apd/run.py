@@ -1,7 +1,8 @@
 """One decomposition end to end: load the target, decompose, judge, write the run folder.
 
 Shared by `apd decompose` and the sweep trials. Writes into `out_dir`: `config.yaml` (resolved),
-`metrics.json`, `components.pt` and `figures/*.png`.
+`metrics.json`, `components.pt` and `figures/*.png`. `run_pack` does the same for the members of a
+pack (`apd.pack`), one folder each, identical in format to a solo run's.
 """
 
 from __future__ import annotations
@@ -9,17 +10,20 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from apd.config import DecomposeConfig
-from apd.decompose import StepRecord, decompose
+from apd.decompose import DecomposeResult, StepRecord, decompose
 from apd.device import resolve_device
 from apd.methods import method_of
+
+if TYPE_CHECKING:
+    from apd.targets.load import LoadedTarget
 
 
 @dataclass
@@ -59,8 +63,6 @@ def run_decomposition(
     With `checkpoint_path`, the run resumes from it when it exists and saves a snapshot there
     every `checkpoint_every` steps (default: every record).
     """
-    from apd.figures import make_figures
-    from apd.metrics import evaluate
     from apd.targets import load_target
 
     method = method_of(cfg)
@@ -85,6 +87,69 @@ def run_decomposition(
             on_step(record)
 
     result = decompose(cfg, target, batches, on_step=step_hook, should_stop=should_stop, state=state, progress=progress)
+    return finish_run(cfg, loaded, result, out_dir)
+
+
+def run_pack(
+    cfgs: Sequence[DecomposeConfig],
+    out_dirs: Sequence[Path | None] | None = None,
+    *,
+    on_step: Callable[[dict[int, StepRecord]], None] | None = None,
+    on_end: Callable[[int, RunResult], None] | None = None,
+    checkpoint_path: Path | None = None,
+    checkpoint_every: int | None = None,
+    progress: bool = True,
+) -> dict[int, RunResult]:
+    """`run_decomposition` for the members `cfgs` of one pack: each record step reports the live
+    members' records as `on_step({j: record})`; when member j ends (diverged, or all finished) its
+    folder `out_dirs[j]` is written and `on_end(j, result)` called. With `checkpoint_path` the pack
+    resumes from it and saves there as a solo run does; a resumed pack runs (and returns) only the
+    members still live in the checkpoint.
+    """
+    from apd.pack import PackRecord, check_members, decompose_pack
+    from apd.targets import load_target
+
+    check_members(cfgs)
+    cfg = cfgs[0]
+    device = resolve_device(cfg.device)
+    method_of(cfg).check_device(cfg, device)
+    torch.manual_seed(cfg.seed)
+    dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
+    for folder in (*dirs, checkpoint_path.parent if checkpoint_path else None):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+    loaded = load_target(cfg.target, device)
+    batches = [loaded.batches(c.batch_size, seed=c.seed) for c in cfgs]
+    state = None
+    if checkpoint_path is not None and checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+
+    def step_hook(record: PackRecord) -> None:
+        every = checkpoint_every or cfg.log_every
+        if checkpoint_path is not None and (record.step % every == 0):
+            atomic_torch_save(record.state(), checkpoint_path)
+        if on_step is not None:
+            on_step(record.records)
+
+    results: dict[int, RunResult] = {}
+
+    def end_hook(j: int, result: DecomposeResult) -> None:
+        torch.manual_seed(cfgs[j].seed)  # evaluation as a solo run starts it
+        results[j] = finish_run(cfgs[j], loaded, result, dirs[j])
+        if on_end is not None:
+            on_end(j, results[j])
+
+    decompose_pack(cfgs, loaded.model, batches, on_step=step_hook, on_end=end_hook, state=state, progress=progress)
+    return results
+
+
+def finish_run(cfg: DecomposeConfig, loaded: LoadedTarget, result: DecomposeResult, out_dir: Path | None) -> RunResult:
+    """Judge a decomposition of `loaded` (a `LoadedTarget`) and write its run folder."""
+    from apd.figures import make_figures
+    from apd.metrics import evaluate
+
+    method = method_of(cfg)
+    target, device = loaded.model, loaded.device
     last = result.records[-1].as_dict() if result.records else {}
     metrics: dict[str, Any] = {"status": result.status, "steps_done": result.steps_done, "error": result.error}
     metrics |= {k: last.get(k) for k in (*method.loss_keys, *method.stat_keys)}

@@ -15,7 +15,7 @@ from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
 from apd.config import DEFAULT_METHOD, MethodConfig
 from apd.errors import ConfigError
-from apd.methods.base import Decomposition, Method, StepOutput
+from apd.methods.base import Decomposition, Members, Method, StepOutput
 
 METHODS: dict[str, str] = {
     "apd": "apd.methods.apd:APD",
@@ -90,6 +90,7 @@ def _untagged(e: ValidationError) -> ValidationError:
 __all__ = [
     "METHODS",
     "Decomposition",
+    "Members",
     "Method",
     "StepOutput",
     "get_method",

@@ -5,10 +5,15 @@ pruning value `apd.prune` for ASHA, a checkpoint when the run saved a new one) a
 (`apd.kind = "final"`: the outcome, and the run folder as checkpoint). ASHA's clock is the
 decomposition step and its `max_t` lies beyond the last step, so it can never cut the final report
 (stack-notes pitfall 4). The driver-side callback is the only writer of Parquet and MLflow.
+
+With `pack` > 1 a Tune trial is a pack (`apd.pack`): `PackSearcher` (a Tune `Searcher`) hands each
+one up to K Optuna trials, and its reports carry every member's record, the members that ended
+(diverged) since the last report, and at the end every member's outcome and run folder.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -24,16 +29,28 @@ import pyarrow.fs
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from apd.errors import ConfigError
 from apd.sweep.recorder import Recorder
-from apd.sweep.space import make_sampler, make_space
+from apd.sweep.space import PackDrawer, make_sampler, make_space
 from apd.sweep.spec import ValidatedSweep
 from apd.sweep.study import StudyHandle
-from apd.sweep.trial import TrialContext, TrialOutcome, TrialPoint, one_line, run_trial
+from apd.sweep.trial import (
+    TrialContext,
+    TrialOutcome,
+    TrialPoint,
+    one_line,
+    resolve_pack,
+    run_pack_trial,
+    run_trial,
+)
 
 STATE_FILE = "checkpoint.pt"
+PACK = "apd_pack"
+"""The config key of a pack trial: its members' points."""
+RUNS_DIR = "runs"
 
 
 def ray_environment(local: bool) -> None:
@@ -123,6 +140,68 @@ def _restore(state: Path) -> None:
             shutil.copyfile(Path(d) / STATE_FILE, state)
 
 
+def pack_trainable(config: dict[str, Any], ctx: TrialContext) -> None:
+    """One Tune trial holding a pack: every report carries the live members' records (`apd.records`)
+    and the members that ended since the last (`apd.ended`); the last, every outcome (`apd.outcomes`)
+    with the members' run folders as checkpoint. The state folder (pack snapshot and the folders of
+    members that ended) is the retry checkpoint."""
+    points = [TrialPoint.from_dict(d) for d in config[PACK]]
+    node = ray.get_runtime_context().get_node_id()
+    with tempfile.TemporaryDirectory(prefix=f"apd-{points[0].trial_id}-") as tmp:
+        state_dir = Path(tmp) / "state"
+        _restore_dir(state_dir)
+        state, runs = state_dir / STATE_FILE, state_dir / RUNS_DIR
+        ended: dict[str, Any] = {}
+        last: list[tuple[int, int] | None] = [_stamp(state)]
+
+        def on_end(tid: str, outcome: TrialOutcome) -> None:
+            ended[tid] = outcome.to_dict()
+
+        def on_step(records: dict[str, dict[str, float]]) -> None:
+            step = next(iter(records.values()))["step"]
+            metrics = {
+                "apd.kind": "step",
+                "apd.step": step,
+                "apd.node": node,
+                "apd.records": json.dumps(records),
+                "apd.ended": json.dumps(ended),
+            }
+            ended.clear()
+            checkpoint = None
+            stamp = _stamp(state)
+            if stamp is not None and stamp != last[0]:
+                last[0] = stamp
+                checkpoint = tune.Checkpoint.from_directory(state_dir)
+            tune.report(metrics, checkpoint=checkpoint)
+
+        outcomes = run_pack_trial(
+            ctx,
+            points,
+            {p.trial_id: runs / p.trial_id for p in points},
+            on_step=on_step,
+            on_end=on_end,
+            checkpoint_path=state,
+            node=node,
+        )
+        final = {
+            "apd.kind": "final",
+            "apd.outcomes": json.dumps({tid: o.to_dict() for tid, o in outcomes.items()}),
+            "apd.node": node,
+        }
+        checkpoint = tune.Checkpoint.from_directory(runs) if runs.is_dir() else None
+        tune.report(final, checkpoint=checkpoint)
+
+
+def _restore_dir(state_dir: Path) -> None:
+    """The pack's state folder as the last checkpoint left it (after a lost worker), else empty."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        state_dir.mkdir()
+        return
+    with checkpoint.as_directory() as d:
+        shutil.copytree(d, state_dir)
+
+
 def _reporter(state: Path, node: str, prune_key: str | None) -> Callable[[dict[str, float]], None]:
     last: list[tuple[int, int] | None] = [_stamp(state)]
 
@@ -210,6 +289,56 @@ class PruneAwareOptunaSearch(OptunaSearch):  # type: ignore[misc]
         self._completed_trials.add(trial_id)
 
 
+class PackSearcher(Searcher):  # type: ignore[misc]
+    """Tune's search for packed trials: each suggestion is a pack of up to `size` Optuna trials
+    (`PackDrawer`); each member is told its outcome when it ends, and members of an interrupted
+    pack stay RUNNING for resume."""
+
+    def __init__(self, sweep: ValidatedSweep, handle: StudyHandle, size: int, remaining: int) -> None:
+        super().__init__()
+        self.study = optuna.load_study(
+            study_name=handle.name, storage=handle.storage, sampler=make_sampler(sweep, handle.attempt)
+        )
+        self.drawer = PackDrawer(self.study, sweep, size, remaining)
+        self.members: dict[str, dict[str, optuna.Trial]] = {}
+        self.told: set[str] = set()
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        pack = self.drawer.next_pack()
+        if not pack:
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's sentinel string
+        self.members[trial_id] = {point.trial_id: trial for trial, point in pack}
+        return {PACK: [point.to_dict() for _, point in pack]}
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        for tid, outcome in json.loads(result.get("apd.ended") or "{}").items():
+            self._tell(trial_id, tid, TrialOutcome.from_dict(outcome))
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if result is not None and result.get("apd.kind") == "final":
+            for tid, outcome in json.loads(result["apd.outcomes"]).items():
+                self._tell(trial_id, tid, TrialOutcome.from_dict(outcome))
+        if error:
+            for tid in self.members.get(trial_id, {}):
+                self._tell(trial_id, tid, TrialOutcome("FAILED"))
+        # else stopped by an interrupted experiment: resume reruns its unfinished members
+
+    def _tell(self, trial_id: str, tid: str, outcome: TrialOutcome) -> None:
+        trial = self.members.get(trial_id, {}).get(tid)
+        if trial is None or tid in self.told:
+            return
+        complete = outcome.status == "COMPLETE"
+        state = optuna.trial.TrialState.COMPLETE if complete else optuna.trial.TrialState.FAIL
+        self.study.tell(trial, outcome.objective if complete else None, state=state, skip_if_finished=True)
+        self.told.add(tid)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to pickle: the study lives in OUT/optuna.db (as for PruneAwareOptunaSearch)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError("resume with `apd sweep --resume`, which reopens the stored study")
+
+
 class RecorderCallback(tune.Callback):  # type: ignore[misc]
     """Feeds trial events to the recorder. Never raises: an exception here would abort `fit()`."""
 
@@ -217,16 +346,31 @@ class RecorderCallback(tune.Callback):  # type: ignore[misc]
         self.recorder, self.stopped = recorder, stopped
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._safe(lambda: self.recorder.started(_point(trial)))
+        def start() -> None:
+            for point in _points(trial):
+                self.recorder.started(point)
+
+        self._safe(start)
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
+        if PACK in trial.config:
+            self._safe(lambda: self._pack_result(result))
+            return
         tid = _point(trial).trial_id
         if result.get("apd.kind") == "step":
             self._safe(lambda: self.recorder.step(tid, result["apd.record"], result.get("apd.node")))
         elif result.get("apd.kind") == "final":
             self._safe(lambda: self.recorder.ended(tid, TrialOutcome.from_dict(result["apd.outcome"])))
+
+    def _pack_result(self, result: dict[str, Any]) -> None:
+        node = result.get("apd.node")
+        for tid, record in json.loads(result.get("apd.records") or "{}").items():
+            self.recorder.step(tid, record, node)
+        ended = result.get("apd.ended") or result.get("apd.outcomes") or "{}"
+        for tid, outcome in json.loads(ended).items():
+            self.recorder.ended(tid, TrialOutcome.from_dict(outcome))
 
     def on_checkpoint(self, iteration: int, trials: list[Any], trial: Any, checkpoint: Any, **info: Any) -> None:
         if (trial.last_result or {}).get("apd.kind") != "final":
@@ -234,7 +378,12 @@ class RecorderCallback(tune.Callback):  # type: ignore[misc]
 
         def upload() -> None:
             with checkpoint.as_directory() as d:
-                self.recorder.artifacts(_point(trial).trial_id, Path(d))
+                if PACK not in trial.config:
+                    self.recorder.artifacts(_point(trial).trial_id, Path(d))
+                    return
+                for point in _points(trial):  # one run folder per member
+                    if (Path(d) / point.trial_id).is_dir():
+                        self.recorder.artifacts(point.trial_id, Path(d) / point.trial_id)
 
         self._safe(upload)
 
@@ -247,7 +396,8 @@ class RecorderCallback(tune.Callback):  # type: ignore[misc]
         def record() -> None:
             text = (trial.get_error() or "").strip().splitlines()
             reason = text[-1] if text else "trial errored"
-            self.recorder.ended(_point(trial).trial_id, TrialOutcome("FAILED", error=f"ray: {reason}"))
+            for point in _points(trial):  # members that ended before keep their outcome
+                self.recorder.ended(point.trial_id, TrialOutcome("FAILED", error=f"ray: {reason}"))
 
         self._safe(record)
         self._safe(lambda: drop_checkpoints(trial))
@@ -277,7 +427,17 @@ def _point(trial: Any) -> TrialPoint:
     return TrialPoint.from_dict(trial.config["apd"])
 
 
+def _points(trial: Any) -> list[TrialPoint]:
+    """The trial's point, or its pack's."""
+    if PACK in trial.config:
+        return [TrialPoint.from_dict(d) for d in trial.config[PACK]]
+    return [_point(trial)]
+
+
 def _trial_name(trial: Any) -> str:
+    if PACK in trial.config:  # e.g. t0004-pack4: the pack whose first member is t0004
+        members = trial.config[PACK]
+        return f"{members[0]['trial_id']}-pack{len(members)}"
     return str(trial.config["apd"]["trial_id"])
 
 
@@ -291,28 +451,34 @@ class _NoRestoreHint(logging.Filter):
 def run_ray(
     sweep: ValidatedSweep, out: Path, handle: StudyHandle, recorder: Recorder, ctx: TrialContext, remaining: int
 ) -> None:
-    """Run `remaining` more trials of the stored study as one Tune experiment."""
+    """Run `remaining` more trials of the stored study as one Tune experiment (of packs, with `pack`)."""
     spec = sweep.spec
     stopped: set[str] = set()
     metric: str | list[str] = [o.metric for o in spec.objective]
     mode: str | list[str] = [o.mode for o in spec.objective]
     if not spec.multi_objective:
         metric, mode = metric[0], mode[0]
-    searcher = PruneAwareOptunaSearch(
-        make_space(sweep),
-        metric=metric,
-        mode=mode,
-        sampler=make_sampler(sweep, handle.attempt),
-        study_name=handle.name,
-        storage=handle.storage,
-        stopped=stopped,
-    )
+    size = pack_size(sweep, ctx, remaining)
+    searcher: Searcher
+    if size > 1:
+        print(f"packing up to {size} trials per step")
+        searcher = PackSearcher(sweep, handle, size, remaining)
+    else:
+        searcher = PruneAwareOptunaSearch(
+            make_space(sweep),
+            metric=metric,
+            mode=mode,
+            sampler=make_sampler(sweep, handle.attempt),
+            study_name=handle.name,
+            storage=handle.storage,
+            stopped=stopped,
+        )
     tune_log = logging.getLogger("ray.tune.tune")
     if not any(isinstance(f, _NoRestoreHint) for f in tune_log.filters):
         tune_log.addFilter(_NoRestoreHint())
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, ctx=ctx), resources),
+        tune.with_resources(tune.with_parameters(pack_trainable if size > 1 else trainable, ctx=ctx), resources),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=_scheduler(sweep, stopped),
@@ -350,3 +516,20 @@ def _scheduler(sweep: ValidatedSweep, stopped: set[str]) -> TrialScheduler:
         grace_period=min(pruning.grace_steps, max_t),
         reduction_factor=pruning.reduction_factor,
     )
+
+
+def pack_size(sweep: ValidatedSweep, ctx: TrialContext, remaining: int) -> int:
+    """`resolve_pack` where the trials run: `auto` is measured in a Ray task holding one trial's
+    resources (1 without a GPU: trials then run on CPUs)."""
+    spec = sweep.spec
+    if spec.pack != "auto" or spec.pruning.algorithm != "none":
+        return resolve_pack(sweep, remaining)
+    if spec.resources.gpus == 0:
+        return 1
+
+    def measure() -> int:
+        os.environ.update(ctx.env)
+        return resolve_pack(sweep, remaining)
+
+    task = ray.remote(num_cpus=spec.resources.cpus, num_gpus=spec.resources.gpus)(measure)
+    return int(ray.get(task.remote()))

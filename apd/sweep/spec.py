@@ -179,7 +179,11 @@ class SweepSpec(BaseConfig):
     pruning: PruningConfig = PruningConfig()
     resources: Resources = Resources()
     max_concurrent: PositiveInt | None = None
-    """Trials at once (Ray engine); default as many as the resources allow."""
+    """Trials at once (Ray engine; packs at once with `pack`); default as many as the resources allow."""
+    pack: int | Literal["auto"] = 1
+    """Trials trained together in one step, along the instance axis (`apd.pack`); `auto` measures the
+    device at start-up (1 on a CPU, where packing does not pay). Incompatible points (other shapes,
+    steps, target) go in different packs."""
     max_failures: Annotated[int, Field(ge=0)] = 2
     """Ray retries of a trial whose worker or node died (resumed from its last checkpoint)."""
     report_every: PositiveInt | None = None
@@ -189,6 +193,13 @@ class SweepSpec(BaseConfig):
     tracking: Tracking = Tracking()
     output: str | None = None
     """Output folder; default out/NAME. `apd sweep --out` overrides it."""
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, v: Any) -> Any:
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError("must be a positive integer or auto")
+        return v
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -283,6 +294,7 @@ def validate_spec(data: dict[str, Any], *, source: str, base_dir: Path = Path(".
     exp_path = _experiment_path(spec.experiment, base_dir, source)
     base = _base_config(exp_path, spec, source)
     _check_metrics(spec, source, str(base.get("method") or DEFAULT_METHOD))
+    _check_pack(spec, source, str(base.get("method") or DEFAULT_METHOD))
     report_every = spec.report_every or int(base.get("log_every") or DecomposeConfig.model_fields["log_every"].default)
     if spec.checkpoint_every is not None and spec.checkpoint_every % report_every:
         raise ConfigError(
@@ -341,6 +353,8 @@ def _check(spec: SweepSpec, source: str) -> None:
     if spec.multi_objective and spec.search.algorithm == "cmaes":
         fail("search.algorithm", "cmaes is single-objective; use nsga2, tpe or random")
     _check_pruning(spec, fail)
+    if spec.pack != 1 and spec.pack != "auto" and spec.pruning.algorithm != "none":
+        fail("pack", "packed trials cannot be pruned (set pruning.algorithm: none, or pack: 1)")
     if spec.resources.gpus > 1 and spec.resources.gpus != int(spec.resources.gpus):
         fail("resources.gpus", f"fractional only below 1 (got {spec.resources.gpus})")
 
@@ -383,6 +397,13 @@ def _check_pruning(spec: SweepSpec, fail: Any) -> None:
         fail("pruning.algorithm", "multi-objective sweeps cannot prune (use none)")
     if pruning.grace_steps is None:
         fail("pruning.grace_steps", "required for asha")
+
+
+def _check_pack(spec: SweepSpec, source: str, method: str) -> None:
+    from apd.methods import get_method
+
+    if spec.pack not in (1, "auto") and not get_method(method).pack_keys:
+        raise ConfigError(f"{source}: pack: method {method} does not support packs (use pack: 1)")
 
 
 def _check_metrics(spec: SweepSpec, source: str, method: str) -> None:

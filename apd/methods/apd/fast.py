@@ -457,7 +457,10 @@ class ActivePairs:
             block = (n_blocks.cumsum(0) - n_blocks)[group] + pos // size
             block_group = torch.repeat_interleave(torch.arange(groups, device=mask.device), n_blocks, output_size=total)
             pos = pos % size
-        rows = torch.zeros(total, size, dtype=torch.long, device=mask.device)
+        # padding reads and writes sample 0 of its block's own instance: a NaN there (a diverged
+        # member of a pack, apd.pack) stays in that instance
+        owner = torch.arange(groups, device=mask.device) if block_group is None else block_group
+        rows = (owner // C)[:, None].repeat(1, size)
         rows[block, pos] = sample * n_inst + group // C
         valid = torch.zeros(total, size, 1, device=mask.device)
         valid[block, pos] = 1.0
