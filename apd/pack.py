@@ -257,6 +257,18 @@ class _Pack:
         return member_components(self.method, self.cfgs[j], self.target, self.comps, self.alive.index(j))
 
 
+def _draw(batches: Sequence[Iterator[Tensor]], alive: Sequence[int]) -> Tensor:
+    """The pack's batch `(batch, K I, n)`: each member's next batch. Members that share one stream
+    object (same seed and data settings, see `apd.run`) share its draw: one draw per distinct stream
+    per step instead of one per member (on a GPU each draw is a few kernel launches)."""
+    drawn: dict[int, Tensor] = {}
+    for j in alive:
+        key = id(batches[j])
+        if key not in drawn:
+            drawn[key] = next(batches[j])
+    return torch.cat([drawn[id(batches[j])] for j in alive], dim=1)
+
+
 def _lr(cfg: MethodConfig, step: int) -> float:
     return lr_at(
         step,
@@ -321,7 +333,7 @@ def decompose_pack(
         lrs, neg_step = pack.lrs(step)
         is_record = step % cfg.log_every == 0 or step == cfg.steps
         snap = _snapshot(pack, step, batches, sampling) if is_record else None
-        x = torch.cat([next(batches[j]) for j in pack.alive], dim=1)
+        x = _draw(batches, pack.alive)
         out = pack.method.packed_loss(
             pack.members, pack.packed_target, pack.comps, x, [sampling[j] for j in pack.alive]
         )

@@ -119,7 +119,9 @@ def run_pack(
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
     loaded = load_target(cfg.target, device)
-    batches = [loaded.batches(c.batch_size, seed=c.seed) for c in cfgs]
+    # members with one seed draw one stream (the pack draws it once per step for all of them)
+    streams = {seed: loaded.batches(cfg.batch_size, seed=seed) for seed in dict.fromkeys(c.seed for c in cfgs)}
+    batches = [streams[c.seed] for c in cfgs]
     state = None
     if checkpoint_path is not None and checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)

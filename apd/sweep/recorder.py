@@ -11,12 +11,14 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apd.sweep.results import ResultsStore
 from apd.sweep.spec import ValidatedSweep
-from apd.sweep.tracking import Tracker
 from apd.sweep.trial import TrialOutcome, TrialPoint
+
+if TYPE_CHECKING:  # MLflow loads only when a sweep tracks (a GPU box may not have it)
+    from apd.sweep.tracking import Tracker
 
 WRITE_EVERY_S = 10.0
 TRIALS_DIR = "trials"

@@ -43,6 +43,7 @@ def add_sweep_args(parser: argparse.ArgumentParser) -> None:
         "--address", help="Ray cluster to use, e.g. 10.0.0.1:6379 (default $RAY_ADDRESS, else a private local Ray)"
     )
     parser.add_argument("--trials", type=int, metavar="N", help="override search.n_trials (settings to draw)")
+    parser.add_argument("--pack", metavar="K", help="override pack: trials trained together in one step (K or auto)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep in OUT")
     parser.add_argument(
         "--tracking-uri", help="MLflow tracking URI, e.g. http://host:5000 (default sqlite:///OUT/mlflow.db)"
@@ -63,6 +64,8 @@ def sweep_main(args: argparse.Namespace) -> int:
         if args.trials < 1:
             raise ConfigError(f"--trials: must be >= 1 (got {args.trials})")
         sweep = sweep.with_trials(args.trials)
+    if getattr(args, "pack", None) is not None:
+        sweep = sweep.with_pack(args.pack)
     warm_targets(sweep)  # on the driver, once: trials must not all train the target at once
     if engine == "ray":
         from apd.sweep import ray_engine

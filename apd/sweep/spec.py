@@ -261,6 +261,17 @@ class ValidatedSweep:
         search = self.spec.search.model_copy(update={"n_trials": n_trials})
         return replace(self, spec=self.spec.model_copy(update={"search": search}), n_draws=n_trials)
 
+    def with_pack(self, pack: str) -> ValidatedSweep:
+        """The same sweep with another pack size (`apd sweep --pack K|auto`), checked as the file's would be."""
+        data = self.spec.to_dict() | {"pack": pack if pack == "auto" else _int_or_none(pack)}
+        try:
+            spec = SweepSpec.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError("--pack: " + format_sweep_error(e, "").split(": ", 2)[-1]) from None
+        _check(spec, f"{self.source} with --pack {pack}")
+        _check_pack(spec, f"{self.source} with --pack {pack}", self.method)
+        return replace(self, spec=spec)
+
     def resolved_dict(self) -> dict[str, Any]:
         """The spec as run: name, experiment path and trial count filled in (written to OUT/sweep.yaml)."""
         data = self.spec.to_dict()
@@ -306,6 +317,13 @@ def validate_spec(data: dict[str, Any], *, source: str, base_dir: Path = Path(".
     assert n_draws is not None  # _check requires n_trials unless grid
     sweep = ValidatedSweep(spec, name, source, exp_path, base, report_every, 0, n_draws)
     return replace(sweep, max_steps=_validate_points(sweep))
+
+
+def _int_or_none(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text  # validation names it
 
 
 def _experiment_path(experiment: str, base_dir: Path, source: str) -> Path:
