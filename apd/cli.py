@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -28,19 +27,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _check_out(out: Path) -> None:
-    """`--out` must be a folder, or creatable: checked before anything runs or is written."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: not a folder (--out)")
-    parent = next((p for p in out.absolute().parents if p.exists()), None)
-    if parent is not None and not out.exists() and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
-        raise ConfigError(f"{out}: cannot create the run folder in {parent} (--out)")
-    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"{out}: not writable (--out)")
-
-
 def _decompose(args: argparse.Namespace) -> int:
-    from apd.config import load_config, parse_overrides
+    from apd.config import check_output_dir, load_config, parse_overrides
     from apd.run import run_decomposition
 
     cfg = load_config(args.experiment, parse_overrides(args.set))
@@ -51,7 +39,7 @@ def _decompose(args: argparse.Namespace) -> int:
         )
     name = Path(args.experiment).stem
     out = Path(args.out) if args.out else Path("runs") / f"{name}-seed{cfg.seed}"
-    _check_out(out)
+    check_output_dir(out)
     checkpoint = out / "checkpoint.pt"
     if (out / "metrics.json").exists():
         raise ConfigError(f"{out}: already holds a finished run; choose another --out")

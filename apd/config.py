@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
 import types
 from collections.abc import Iterable, Sequence
@@ -374,6 +375,17 @@ def read_yaml(path: str | Path) -> Any:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not a YAML text file (invalid UTF-8 at byte {e.start})") from None
     return load_yaml_text(text, str(p))
+
+
+def check_output_dir(out: Path, flag: str = "--out") -> None:
+    """`out` must be a writable folder, or one that can be created: checked before anything runs."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: not a folder ({flag})")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if not out.exists() and parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
+        raise ConfigError(f"{out}: cannot create a folder in {parent} ({flag})")
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"{out}: not writable ({flag})")
 
 
 def experiment_names() -> list[str]:

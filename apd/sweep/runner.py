@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from apd.config import read_yaml
+from apd.config import check_output_dir, read_yaml
 from apd.errors import ConfigError
 from apd.sweep.spec import ValidatedSweep, corner_points, load_spec, validate_spec
 
@@ -93,6 +93,7 @@ def _load(args: argparse.Namespace, resume: bool) -> tuple[ValidatedSweep, Path]
     else:
         sweep = load_spec(spec_path)
     out = Path(args.out or sweep.spec.output or Path("out") / sweep.name).resolve()
+    check_output_dir(out, "--out" if args.out else "output")
     stored = out / SPEC_FILE
     if not resume and stored.exists():
         raise ConfigError(f"{out}: already holds a sweep; pass --resume to continue it, or choose another --out")

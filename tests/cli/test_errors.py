@@ -254,7 +254,7 @@ def test_out_must_be_a_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path
     inside = afile / "run"
     assert_one_line(
         *run_cli(capsys, "decompose", "tms-5-2", "--out", str(inside)),
-        f"{inside}: cannot create the run folder in {afile} (--out)",
+        f"{inside}: cannot create a folder in {afile} (--out)",
     )
 
 

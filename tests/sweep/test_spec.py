@@ -437,3 +437,17 @@ def test_a_broken_target_file_is_named_with_the_sweep_field(capsys: pytest.Captu
     assert code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: {path}: fixed.target.path: {broken}: "), err
     assert not (tmp_path / "o").exists()
+
+
+def test_out_must_be_a_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from apd.cli import main
+
+    afile = (tmp_path / "afile").resolve()
+    afile.write_text("")
+    path = write(tmp_path, BASE)
+    for out, expected in (
+        (afile, f"{afile}: not a folder (--out)"),
+        (afile / "o", f"{afile / 'o'}: cannot create a folder in {afile} (--out)"),
+    ):
+        assert main(["sweep", str(path), "--engine", "inline", "--no-tracking", "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"error: {expected}\n"
