@@ -63,11 +63,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint written by `run_decomposition`, loaded with `weights_only=True`: tensors, dicts,
-    lists, numbers and strings only, so a planted pickle cannot run code. One-line ConfigError otherwise."""
+    lists, numbers and strings only, so a planted pickle cannot run code. One-line ConfigError otherwise.
+
+    Loaded onto the CPU: `load_state_dict` moves components and optimizer state to the parameters'
+    device, and a generator's state (data stream, sampling) is a CPU ByteTensor even for a CUDA
+    generator, which refuses a CUDA one."""
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ConfigError(
             f"{path}: refused: holds pickled objects other than tensors, dicts, lists, numbers and strings "
@@ -130,7 +134,7 @@ def run_decomposition(
     torch.manual_seed(cfg.seed)
     state = None
     if checkpoint_path is not None and checkpoint_path.exists():  # checked before a target is trained
-        state = load_checkpoint(checkpoint_path, device)
+        state = load_checkpoint(checkpoint_path)
         check_resumable(state, cfg, checkpoint_path)
     for folder in (out_dir, checkpoint_path.parent if checkpoint_path else None):
         if folder is not None:
