@@ -455,6 +455,8 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
+    if "experiment" in data and "objective" in data:
+        raise ConfigError(f"{path}: a sweep file (it has experiment: and objective:); run it with apd sweep")
     source = str(path) if not overrides else f"{path} with overrides"
     try:
         merged = apply_overrides(data, overrides or {})

@@ -292,6 +292,11 @@ def load_spec(path: str | Path) -> ValidatedSweep:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sweep keys")
+    if "experiment" not in data and "target" in data:
+        raise ConfigError(
+            f"{source}: a decomposition config, not a sweep file (it has target:, no experiment:); run it with "
+            "apd decompose, or name it in a sweep file's experiment:"
+        )
     return validate_spec(data, source=source, base_dir=Path(path).parent)
 
 

@@ -337,3 +337,30 @@ def test_no_traceback_from_the_console_script(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [
+        ("meta", "device: meta holds no data; use auto, cpu or cuda"),
+        ("xla", "device: xla is not supported by this torch build or machine"),
+        ("cuda:x", "device: not a torch device (got 'cuda:x')"),
+    ],
+)
+def test_bad_devices(capsys: pytest.CaptureFixture[str], tmp_path: Path, device: str, expected: str) -> None:
+    code, err = run_cli(capsys, "decompose", "tms-5-2", "--out", str(tmp_path / "run"), "--set", f"device={device}")
+    assert_one_line(code, err, expected)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_file_given_to_decompose_and_the_reverse(capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = Path(__file__).parents[2] / "sweeps" / "quickstart.yaml"
+    assert_one_line(
+        *run_cli(capsys, "decompose", str(sweep)),
+        f"{sweep}: a sweep file (it has experiment: and objective:); run it with apd sweep",
+    )
+    assert_one_line(
+        *run_cli(capsys, "sweep", str(EXP)),
+        f"{EXP}: a decomposition config, not a sweep file (it has target:, no experiment:); run it with apd "
+        "decompose, or name it in a sweep file's experiment:",
+    )
