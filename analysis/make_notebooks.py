@@ -6,7 +6,9 @@ after an edit here:
     .venv/bin/python analysis/make_notebooks.py
 
 Both take their inputs from a first cell tagged `parameters` (papermill-style) that reads
-environment variables, e.g. `APD_RESULTS=out/tms-5-2 jupyter lab analysis/recovery.ipynb`.
+environment variables, e.g. `APD_RESULTS=out/tms-5-2 jupyter lab analysis/recovery.ipynb`. The kernel
+runs in `analysis/`, so relative paths are resolved from where jupyter was started (`$PWD`) or the
+repository root (`apd.analysis.resolve_results`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ and it has at least `MIN_SEEDS`. Counts are always shown as recovered/judged.
         _params("""
 import os
 
-RESULTS = os.environ.get("APD_RESULTS", "out/tms-5-2")  # sweep output folder(s), comma-separated
+RESULTS = os.environ.get("APD_RESULTS", "out/tms-5-2")  # sweep output folder(s), comma-separated; relative to
+# where jupyter was started or the repository root
 SHARE = float(os.environ.get("APD_SHARE", "1.0"))  # share of a setting's seeds that must recover
 MIN_SEEDS = int(os.environ.get("APD_MIN_SEEDS", "3"))  # seeds a setting needs to count
 EVAL = os.environ.get("APD_EVAL", "")  # re-judge with other thresholds, e.g. "mmcs_min=0.999,ml2r_min=0.85"
@@ -56,10 +59,11 @@ EVAL = os.environ.get("APD_EVAL", "")  # re-judge with other thresholds, e.g. "m
 import pandas as pd
 from IPython.display import Markdown, display
 
-from apd.analysis import analyze, compare_with_paper, experiment_figures
+from apd.analysis import analyze, compare_with_paper, experiment_figures, resolve_results
 from apd.config import parse_overrides
 
-outs = [p.strip() for p in RESULTS.split(",") if p.strip()]
+outs = resolve_results(RESULTS)
+print("sweeps:", ", ".join(map(str, outs)))
 analysis = analyze(outs, share=SHARE, min_seeds=MIN_SEEDS)
 display(Markdown(f"**Answer.** {analysis.answer}"))
 """),
@@ -133,7 +137,8 @@ Leave `TRIAL` empty for the sweep's best trial.
         _params("""
 import os
 
-RESULTS = os.environ.get("APD_RESULTS", "out/tms-5-2")  # the sweep output folder
+RESULTS = os.environ.get("APD_RESULTS", "out/tms-5-2")  # the sweep output folder (relative to where jupyter
+# was started or the repository root)
 TRIAL = os.environ.get("APD_TRIAL", "")  # a trial id such as t0003; empty: the best trial
 RERENDER = os.environ.get("APD_RERENDER", "1") == "1"  # redraw the figures from components.pt
 DEVICE = os.environ.get("APD_DEVICE", "cpu")
@@ -145,15 +150,17 @@ import tempfile
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from apd.analysis import analyze, load_trial, trial_dir
+from apd.analysis import analyze, load_trial, resolve_results, trial_dir
 from apd.analysis.figures import learning_curves_figure
 from apd.analysis.trial import rerender
 
-analysis = analyze([RESULTS], min_seeds=1)
+out = resolve_results(RESULTS)[0]
+print("sweep:", out)
+analysis = analyze([out], min_seeds=1)
 if not TRIAL:
     best = next((e.best for e in analysis.experiments if e.best is not None), None)
     if best is None:
-        raise SystemExit(f"{RESULTS}: no completed trial to show")
+        raise SystemExit(f"{out}: no completed trial to show")
     TRIAL = str(best["trial_id"])
 row = analysis.trial(TRIAL)
 display(Markdown(f"**Trial {TRIAL}** of {row['sweep']} ({row['experiment']}, seed {row['seed']}): {row['outcome']}"
@@ -162,7 +169,7 @@ print(analysis.rerun(row))
 """),
         _md("## Parameters and metrics"),
         _code("""
-art = load_trial(trial_dir(RESULTS, TRIAL, analysis.trials))
+art = load_trial(trial_dir(out, TRIAL, analysis.trials))
 params = {c.removeprefix("param."): row[c] for c in row.index if c.startswith("param.")}
 display(pd.Series(params, name="value", dtype=object).to_frame())
 display(pd.Series(art.scalar_metrics(), name="value", dtype=object).to_frame())

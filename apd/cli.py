@@ -5,17 +5,41 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from apd.errors import ApdError, ConfigError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line (no usage block) with exit 2, like all bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
 def _decompose(args: argparse.Namespace) -> int:
-    from apd.config import load_config, parse_overrides
+    from apd.config import check_output_dir, load_config, parse_overrides
     from apd.run import run_decomposition
 
     cfg = load_config(args.experiment, parse_overrides(args.set))
+    if args.checkpoint_every is not None and args.checkpoint_every % cfg.log_every:
+        # checkpoints are taken at records: another interval would silently become a multiple of both
+        raise ConfigError(
+            f"--checkpoint-every: must be a multiple of log_every ({cfg.log_every}) (got {args.checkpoint_every})"
+        )
     name = Path(args.experiment).stem
     out = Path(args.out) if args.out else Path("runs") / f"{name}-seed{cfg.seed}"
+    check_output_dir(out)
     checkpoint = out / "checkpoint.pt"
     if (out / "metrics.json").exists():
         raise ConfigError(f"{out}: already holds a finished run; choose another --out")
@@ -59,8 +83,11 @@ def _fmt(v: object) -> str:
 
 
 def _train_target(args: argparse.Namespace) -> int:
-    from apd.targets import train_target_main
+    from apd.config import unknown_name
+    from apd.targets import target_names, train_target_main
 
+    if args.name not in target_names():
+        raise ConfigError(f"train-target: {unknown_name('target', args.name, target_names())}")
     return train_target_main(args.name, args.seed, args.force)
 
 
@@ -86,7 +113,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apd", description="Attribution-based Parameter Decomposition sweeps.")
+    parser = _Parser(prog="apd", description="Attribution-based Parameter Decomposition sweeps.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("decompose", help="run one decomposition")
@@ -102,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_positive_int,
         default=None,
         metavar="STEPS",
-        help="steps between checkpoints (default: every log_every)",
+        help="steps between checkpoints, a multiple of log_every (default: every log_every)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_decompose)

@@ -7,9 +7,11 @@ pack (`apd.pack`), one folder each, identical in format to a solo run's.
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
+import pickle
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ import torch
 from apd.config import DecomposeConfig
 from apd.decompose import DecomposeResult, StepRecord, decompose
 from apd.device import resolve_device
+from apd.errors import ConfigError
 from apd.methods import method_of
 
 if TYPE_CHECKING:
@@ -37,15 +40,80 @@ class RunResult:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as f:
-        f.write(data)
-    os.replace(f.name, path)
+    """Write `path` through a temp file in its folder and a rename, so readers never see half a file.
+
+    The temp file is created with mode 0666 minus the umask, like any `open(path, "w")`: tempfile's
+    0600 would make run folders on shared storage unreadable to the rest of the team."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return
+    raise FileExistsError(f"{path}: no free temporary name")
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, prefix=f".{path.name}.") as f:
-        torch.save(obj, f)
-    os.replace(f.name, path)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+CHECKPOINT_KEYS = ("step", "components", "optimizer", "config")
+
+
+def load_checkpoint(path: Path, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
+    """A checkpoint written by `run_decomposition`, loaded with `weights_only=True`: tensors, dicts,
+    lists, numbers and strings only, so a planted pickle cannot run code. One-line ConfigError otherwise.
+
+    Loaded onto the CPU: `load_state_dict` moves components and optimizer state to the parameters'
+    device, and a generator's state (data stream, sampling) is a CPU ByteTensor even for a CUDA
+    generator, which refuses a CUDA one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"{path}: refused: holds pickled objects other than tensors, dicts, lists, numbers and strings "
+            "(loading them could run code)"
+        ) from None
+    except (OSError, EOFError, RuntimeError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{path}: not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict) or not set(keys) <= state.keys():
+        raise ConfigError(f"{path}: not a checkpoint of apd decompose (no {', '.join(keys)})")
+    return state
+
+
+RESUME_MAY_CHANGE = ("device", "eval.")
+"""Config keys a resumed run may change: where it runs and how it is evaluated, not what it trains."""
+
+
+def check_resumable(state: dict[str, Any], cfg: DecomposeConfig, path: Path) -> None:
+    """Refuse to resume a checkpoint written for another config (its shapes or schedule would not match)."""
+    old, new = _flat(state["config"]), _flat(cfg.to_dict())
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key) and not key.startswith(RESUME_MAY_CHANGE):
+            raise ConfigError(
+                f"{path}: written with {key}={old.get(key)!r}, now {new.get(key)!r}; resume with the same config "
+                "or choose another --out"
+            )
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out |= _flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return out
 
 
 def run_decomposition(
@@ -69,15 +137,16 @@ def run_decomposition(
     device = resolve_device(cfg.device)
     method.check_device(cfg, device)
     torch.manual_seed(cfg.seed)
+    state = None
+    if checkpoint_path is not None and checkpoint_path.exists():  # checked before a target is trained
+        state = load_checkpoint(checkpoint_path)
+        check_resumable(state, cfg, checkpoint_path)
     for folder in (out_dir, checkpoint_path.parent if checkpoint_path else None):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
     loaded = load_target(cfg.target, device)
     target = loaded.model
     batches = loaded.batches(cfg.batch_size, seed=cfg.seed)
-    state = None
-    if checkpoint_path is not None and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
 
     def step_hook(record: StepRecord) -> None:
         every = checkpoint_every or cfg.log_every
@@ -124,7 +193,7 @@ def run_pack(
     batches = [streams[c.seed] for c in cfgs]
     state = None
     if checkpoint_path is not None and checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint_path, ("step", "members", "components", "optimizer", "configs"))
 
     def step_hook(record: PackRecord) -> None:
         every = checkpoint_every or cfg.log_every

@@ -13,6 +13,7 @@ _EXPORTS = {
     "load_trials": "apd.analysis._load",
     "load_history": "apd.analysis._load",
     "load_spec": "apd.analysis._load",
+    "resolve_results": "apd.analysis._load",
     "add_outcomes": "apd.analysis._outcomes",
     "with_setting_ids": "apd.analysis._settings",
     "settings_table": "apd.analysis._settings",
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from apd.analysis._load import load_history as load_history
     from apd.analysis._load import load_spec as load_spec
     from apd.analysis._load import load_trials as load_trials
+    from apd.analysis._load import resolve_results as resolve_results
     from apd.analysis._optuna import importances_for_objectives as importances_for_objectives
     from apd.analysis._optuna import load_stored_study as load_stored_study
     from apd.analysis._optuna import pareto_front as pareto_front

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
+from apd.config import read_yaml
 from apd.errors import ConfigError
 from apd.sweep.results import HISTORY_FILE, TRIALS_FILE, read_table
 
@@ -41,6 +42,31 @@ def read_metadata(path: Path) -> dict[str, str]:
     except (pa.ArrowException, OSError, ValueError):
         return {}
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in meta.items()}
+
+
+def resolve_results(paths: str | Sequence[str | Path]) -> list[Path]:
+    """Sweep output folders (a comma-separated string or a list) as the user meant them.
+
+    A notebook's kernel runs in the notebook's folder (`analysis/`), not where `jupyter lab` was
+    started, so a relative path is looked up from `$PWD` (the shell's folder at launch), then the
+    project root (the nearest folder above holding `pyproject.toml`), then the working directory.
+    A path found in none of them is returned under `$PWD`, so the error names where it was expected.
+    """
+    items = paths.split(",") if isinstance(paths, str) else [str(p) for p in paths]
+    cwd = Path.cwd()
+    bases = [Path(os.environ["PWD"])] if os.environ.get("PWD") else []
+    bases += [d for d in (cwd, *cwd.parents) if (d / "pyproject.toml").is_file()][:1]
+    bases.append(cwd)
+    out = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        p = Path(item).expanduser()
+        if p.is_absolute():
+            out.append(p)
+        else:
+            out.append(next((b / p for b in bases if (b / p).is_dir()), bases[0] / p))
+    return out
 
 
 def _sweep_dir(out: str | Path) -> Path:
@@ -87,10 +113,7 @@ def load_spec(out: str | Path) -> dict[str, Any] | None:
     path = Path(out) / SPEC_FILE
     if not path.is_file():
         return None
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping")
     return data

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from apd.config import check_output_dir, read_yaml
 from apd.errors import ConfigError
 from apd.sweep.spec import ValidatedSweep, corner_points, load_spec, validate_spec
 
@@ -95,6 +96,7 @@ def _load(args: argparse.Namespace, resume: bool) -> tuple[ValidatedSweep, Path]
     else:
         sweep = load_spec(spec_path)
     out = Path(args.out or sweep.spec.output or Path("out") / sweep.name).resolve()
+    check_output_dir(out, "--out" if args.out else "output")
     stored = out / SPEC_FILE
     if not resume and stored.exists():
         raise ConfigError(f"{out}: already holds a sweep; pass --resume to continue it, or choose another --out")
@@ -106,7 +108,7 @@ def _load(args: argparse.Namespace, resume: bool) -> tuple[ValidatedSweep, Path]
 
 
 def _check_same(sweep: ValidatedSweep, stored: Path) -> None:
-    old = _flat(yaml.safe_load(stored.read_text()))
+    old = _flat(read_yaml(stored))
     new = _flat(sweep.resolved_dict())
     for key in sorted(old.keys() | new.keys()):
         if key in RESUMABLE or old.get(key) == new.get(key):
@@ -151,7 +153,10 @@ def _warm(sweep: ValidatedSweep, load_target: Any) -> None:
             key = (cfg.target.name, cfg.target.path, cfg.target.seed)
             if key not in seen:
                 seen.add(key)
-                load_target(cfg.target, "auto")
+                try:
+                    load_target(cfg.target, "auto")
+                except ConfigError as e:  # a broken target file: name the sweep file and field too
+                    raise ConfigError(f"{sweep.source}: {sweep.target_field(params, cfg)}: {e}") from None
 
 
 def _run(sweep: ValidatedSweep, out: Path, args: argparse.Namespace, engine: str, resume: bool) -> int:

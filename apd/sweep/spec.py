@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,20 +23,31 @@ from pydantic import Field, ValidationError, field_validator
 
 from apd.config import (
     DEFAULT_METHOD,
+    MAPPING_ERRORS,
     BaseConfig,
     DecomposeConfig,
+    Float,
+    Int,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     apply_overrides,
+    choice_hint,
+    closest,
+    dotted_keys,
+    key_hint,
     read_yaml,
     resolve_experiment,
+    unknown_name,
+    unknown_target,
 )
 from apd.errors import ConfigError
 from apd.metrics.keys import COMMON_KEYS, RESID_KEYS, TMS_HIDDEN_KEYS, TMS_KEYS
 
 Scalar = str | bool | int | float | None
 """A categorical value (Optuna's categorical choices must be one of these)."""
+SCALAR_TAGS = ("str", "bool", "int", "float")
+"""The location parts pydantic adds for the members of `Scalar` when a value fits none."""
 
 RESERVED_KEYS = {
     "seed": "set the replica seeds with `seeds`",
@@ -96,8 +108,8 @@ class UniformParam(_Param):
     """A float in [low, high]; with `step`, only low, low + step, ..., high."""
 
     type: Literal["uniform"]
-    low: float
-    high: float
+    low: Float
+    high: Float
     step: PositiveFloat | None = None
 
 
@@ -105,16 +117,16 @@ class LogUniformParam(_Param):
     """A float in [low, high] drawn uniformly in log space."""
 
     type: Literal["loguniform"]
-    low: float
-    high: float
+    low: Float
+    high: Float
 
 
 class IntParam(_Param):
     """An integer in [low, high] in steps of `step` (log-spaced with `log: true`, then step 1)."""
 
     type: Literal["int"]
-    low: int
-    high: int
+    low: Int
+    high: Int
     step: PositiveInt = 1
     log: bool = False
 
@@ -127,7 +139,7 @@ class SearchConfig(BaseConfig):
     algorithm: Literal["grid", "random", "tpe", "cmaes", "nsga2"] = "tpe"
     n_trials: PositiveInt | None = None
     """Settings the search draws; each runs once per grid combination and seed. Grid: all points."""
-    seed: int = 0
+    seed: Int = 0
     """Sampler seed (reproducible suggestions with max_concurrent 1)."""
 
 
@@ -143,7 +155,7 @@ class PruningConfig(BaseConfig):
     mode: Literal["min", "max"] = "min"
     grace_steps: PositiveInt | None = None
     """Steps every trial runs before it can be stopped (required for asha)."""
-    reduction_factor: Annotated[int, Field(ge=2)] = 2
+    reduction_factor: Annotated[Int, Field(ge=2)] = 2
 
 
 class Resources(BaseConfig):
@@ -170,7 +182,7 @@ class SweepSpec(BaseConfig):
     fixed: dict[str, Any] = Field(default_factory=dict)
     """Dotted overrides applied to every trial (e.g. `steps: 2000`, `target.seed: 1`)."""
     parameters: dict[str, Param] = Field(default_factory=dict)
-    seeds: list[int] = Field(default=[0], min_length=1)
+    seeds: list[Int] = Field(default=[0], min_length=1)
     """Every drawn setting runs once per seed (DecomposeConfig.seed: components init and data)."""
     seed_target: bool = False
     """Also set target.seed to the replica seed (one trained target per seed)."""
@@ -184,7 +196,7 @@ class SweepSpec(BaseConfig):
     """Trials trained together in one step, along the instance axis (`apd.pack`); `auto` measures the
     device at start-up (1 on a CPU, where packing does not pay). Incompatible points (other shapes,
     steps, target) go in different packs."""
-    max_failures: Annotated[int, Field(ge=0)] = 2
+    max_failures: Annotated[Int, Field(ge=0)] = 2
     """Ray retries of a trial whose worker or node died (resumed from its last checkpoint)."""
     report_every: PositiveInt | None = None
     """Steps between reports (history, MLflow curves, pruning); default the experiment's log_every."""
@@ -248,6 +260,15 @@ class ValidatedSweep:
 
         return validate_config(self.config_dict(params, seed))
 
+    def target_field(self, params: Mapping[str, Any], cfg: DecomposeConfig) -> str:
+        """The sweep field that chose `cfg`'s target: a parameter, a `fixed` key or the experiment file."""
+        key = "target.path" if cfg.target.path is not None else "target.name"
+        if key in params:
+            return f"parameters.{key}{_field_of(self.spec.parameters[key], params[key])}"
+        if key in self.spec.fixed or "target" in self.spec.fixed:
+            return f"fixed.{key}"
+        return f"experiment: {self.experiment_path}: {key}"
+
     def config_dict(self, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
         extra: dict[str, Any] = {"seed": seed, "log_every": self.report_every}
         if self.spec.seed_target:
@@ -293,6 +314,11 @@ def load_spec(path: str | Path) -> ValidatedSweep:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sweep keys")
+    if "experiment" not in data and "target" in data:
+        raise ConfigError(
+            f"{source}: a decomposition config, not a sweep file (it has target:, no experiment:); run it with "
+            "apd decompose, or name it in a sweep file's experiment:"
+        )
     return validate_spec(data, source=source, base_dir=Path(path).parent)
 
 
@@ -300,7 +326,7 @@ def validate_spec(data: dict[str, Any], *, source: str, base_dir: Path = Path(".
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_sweep_error(e, source)) from None
+        raise ConfigError(format_sweep_error(e, source, SweepSpec)) from None
     _check(spec, source)
     exp_path = _experiment_path(spec.experiment, base_dir, source)
     base = _base_config(exp_path, spec, source)
@@ -330,7 +356,7 @@ def _experiment_path(experiment: str, base_dir: Path, source: str) -> Path:
     """A path relative to the sweep file wins over one relative to the working directory."""
     near = base_dir / experiment
     try:
-        return resolve_experiment(near if near.is_file() else experiment)
+        return resolve_experiment(near if experiment.strip() and near.exists() else experiment)
     except ConfigError as e:
         raise ConfigError(f"{source}: experiment: {e}") from None
 
@@ -340,9 +366,12 @@ def _is_registered(experiment: str) -> bool:
 
 
 def _base_config(exp_path: Path, spec: SweepSpec, source: str) -> dict[str, Any]:
-    data = read_yaml(exp_path)
+    try:
+        data = read_yaml(exp_path)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: experiment: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{exp_path}: expected a mapping of config keys")
+        raise ConfigError(f"{source}: experiment: {exp_path}: expected a mapping of config keys")
     try:
         return apply_overrides(data, spec.fixed)
     except ConfigError as e:
@@ -357,6 +386,10 @@ def _check(spec: SweepSpec, source: str) -> None:
     def fail(where: str, msg: str) -> None:
         raise ConfigError(f"{source}: {where}: {msg}")
 
+    for section in ("fixed", "parameters"):
+        for key in getattr(spec, section):
+            if not all(part.strip() for part in key.split(".")):
+                fail(f"{section}.{key}", "a dotted key with an empty part")
     for key in spec.fixed:
         if key in RESERVED_KEYS:
             fail(f"fixed.{key}", RESERVED_KEYS[key])
@@ -429,17 +462,18 @@ def _check_metrics(spec: SweepSpec, source: str, method: str) -> None:
     from apd.methods import METHODS
 
     if method not in METHODS:
-        raise ConfigError(f"{source}: experiment: unknown method {method!r}; known: {', '.join(METHODS)}")
+        raise ConfigError(f"{source}: experiment: method: {unknown_name('method', method, list(METHODS))}")
     allowed = objective_keys(method)
     for i, obj in enumerate(spec.objective):
         if obj.metric not in allowed:
-            raise ConfigError(
-                f"{source}: objective.{i}.metric: unknown metric {obj.metric!r}; one of {', '.join(allowed)}"
-            )
+            raise ConfigError(f"{source}: objective.{i}.metric: {unknown_name('metric', obj.metric, allowed)}")
     steps = step_keys(method)
     if spec.pruning.algorithm != "none" and spec.pruning.metric not in steps:
+        near = closest(spec.pruning.metric, steps)
+        hint = f"; did you mean {near!r}?" if near is not None else ""
         raise ConfigError(
-            f"{source}: pruning.metric: must be a step metric, one of {', '.join(steps)} (got {spec.pruning.metric!r})"
+            f"{source}: pruning.metric: must be a step metric, one of {', '.join(steps)} "
+            f"(got {spec.pruning.metric!r}){hint}"
         )
 
 
@@ -539,26 +573,48 @@ def _validate_points(sweep: ValidatedSweep) -> int:
             raise ConfigError(_point_error(e, sweep, params)) from None
         except ConfigError as e:  # a dotted key runs through a non-section
             raise ConfigError(f"{sweep.source}: parameters.{e}") from None
+        _check_target(sweep, params, cfg)
         max_steps = max(max_steps, cfg.steps)
     return max_steps
 
 
+def _check_target(sweep: ValidatedSweep, params: Mapping[str, Any], cfg: DecomposeConfig) -> None:
+    """A registered target name or an existing file, named by the sweep field that chose it (the
+    file's contents are checked when the driver loads the targets, before any trial starts)."""
+    problem = unknown_target(cfg)
+    path = Path(cfg.target.path) if cfg.target.path is not None else None
+    if path is not None and not path.is_file():
+        problem = f"{path}: {'not a file' if path.exists() else 'no such file'}"
+    if problem is not None:
+        raise ConfigError(f"{sweep.source}: {sweep.target_field(params, cfg)}: {problem}")
+
+
 def _point_error(e: ValidationError, sweep: ValidatedSweep, params: Mapping[str, Any]) -> str:
     """Name the sweep field that produced the bad value: a parameter bound/choice or a fixed key."""
+    from apd.methods import get_method
+
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"])
-    msg = _message(err)
+    msg = _message(err) + choice_hint(err)
+    keys = dotted_keys(get_method(sweep.method).config_type)
     spec = sweep.spec
+    setting = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    at = f" (at {setting})" if setting else ""
+    named = re.match(r"([\w.]+): (.*)", msg) if not loc else None
+    if named and named[1] in keys:  # a rule across fields whose message names the field (`topk: ...`)
+        loc, msg = named[1], named[2] + at
+    if err["type"] == "extra_forbidden":
+        msg += key_hint(get_method(sweep.method).config_type, err["loc"])
     if loc in params:
         field = "" if err["type"] == "extra_forbidden" else _field_of(spec.parameters[loc], params[loc])
         return f"{sweep.source}: parameters.{loc}{field}: {msg}"
-    if loc in spec.fixed:
+    if loc in spec.fixed or any(loc.startswith(f"{key}.") for key in spec.fixed):
         return f"{sweep.source}: fixed.{loc}: {msg}"
     if err["type"] == "extra_forbidden":
         return f"{sweep.source}: {sweep.experiment_path}: {loc}: {msg}"
-    setting = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    if named and named[1] in keys:
+        return f"{sweep.source}: {loc}: {msg}"
     where = f"{loc}: " if loc else ""
-    at = f" (at {setting})" if setting else ""
     return f"{sweep.source}: {where}{msg}{at}"
 
 
@@ -593,6 +649,8 @@ def _message(err: Mapping[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "required"
+    if kind in MAPPING_ERRORS:
+        return f"expected a mapping (got {_show(err['input'])})"
     if kind in short:
         msg = short[kind].format(**{k: _show(v) for k, v in ctx.items()})
     else:
@@ -607,21 +665,31 @@ def _show(v: Any) -> str:
     return repr(v)
 
 
-def format_sweep_error(e: ValidationError, source: str) -> str:
-    """The first schema error as `source: dotted.field: message`, without pydantic's union tags."""
+def format_sweep_error(e: ValidationError, source: str, model: type[BaseConfig] | None = None) -> str:
+    """The first schema error as `source: dotted.field: message`, without pydantic's union tags;
+    with `model` (the class validated), an unknown key names the closest known one."""
     err = e.errors()[0]
     loc = [str(x) for x in err["loc"]]
     if len(loc) >= 3 and loc[0] == "parameters" and loc[2] in PARAM_TYPES:
         del loc[2]  # the discriminator tag pydantic inserts
     kind = err["type"]
+    if loc and loc[-1] in SCALAR_TAGS and sum(x["loc"][:-1] == err["loc"][:-1] for x in e.errors()) > 1:
+        # every member of a choice's union refused it: one message, not the first member's
+        del loc[-1]
+        kind, err = "scalar", {**err, "msg": "expected a string, a finite number, a boolean or null"}
     if kind == "union_tag_not_found":
         msg = f"needs type: one of {', '.join(PARAM_TYPES)}"
     elif kind == "union_tag_invalid":
-        msg = f"unknown type {err['ctx']['tag']!r}; one of {', '.join(PARAM_TYPES)}"
-    elif kind == "model_attributes_type":
+        tag = err["ctx"]["tag"]
+        near = closest(tag, PARAM_TYPES)
+        hint = f"; did you mean {near!r}?" if near is not None else ""
+        msg = f"unknown type {tag!r}; one of {', '.join(PARAM_TYPES)}{hint}"
+    elif kind in MAPPING_ERRORS:
         msg = f"expected a mapping (got {err['input']!r})"
+    elif kind == "extra_forbidden":
+        msg = "unknown key" + (key_hint(model, err["loc"]) if model is not None else "")
     else:
-        msg = _message(err)
+        msg = _message(err) + choice_hint(err)
     where = ".".join(loc)
     return f"{source}: {where + ': ' if where else ''}{msg}"
 

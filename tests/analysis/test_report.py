@@ -98,7 +98,7 @@ def test_rejudge_from_the_cli(
     assert "0 of 1 setting), but 1/1 judged trials did" in capsys.readouterr().out
     assert "re-judged from the stored metrics" in (out / "report" / "report.md").read_text()
     assert main(["analyze", str(out), "--eval", "mmcs_minimum=0.85"]) == 2
-    assert capsys.readouterr().err == "error: eval: mmcs_minimum: unknown key\n"
+    assert capsys.readouterr().err == "error: eval: mmcs_minimum: unknown key; did you mean 'mmcs_min'?\n"
 
 
 def test_all_failed(make_sweep: Callable[..., Path], degenerate_rows: Callable[[str], list], tmp_path: Path) -> None:

@@ -52,6 +52,8 @@ class APD(Method):
     )
 
     def init(self, cfg: Any, target: Target, generator: torch.Generator) -> Decomposition:
+        if cfg.exact_topk and target.n_instances != 1:  # k is counted over the whole batch: one instance
+            raise ConfigError(f"exact_topk: needs a target with one instance (this one has {target.n_instances})")
         return Components(
             target.param_shapes(),
             layers=target.layers,

@@ -66,6 +66,18 @@ class APDConfig(MethodConfig):
                 raise ValueError(f"topk * batch_size must be >= 1 (got {self.topk} * {self.batch_size})")
             if not self.batch_topk and not self.exact_topk and int(self.topk) < 1:
                 raise ValueError(f"per-sample top-k needs topk >= 1 (got {self.topk})")
+            # topk.py would clamp a larger k to what exists: refuse it instead of running another setting
+            selectable, which = (self.C - 1, "C - 1") if self.distil_from_target else (self.C, "C")
+            if not self.exact_topk and self.batch_topk and self.topk > selectable:
+                raise ValueError(
+                    f"topk: must be <= {which} ({selectable}): batch top-k keeps int(topk * batch_size) of "
+                    f"batch_size * {which} attributions (got {self.topk:g})"
+                )
+            if not self.exact_topk and not self.batch_topk and int(self.topk) > selectable:
+                raise ValueError(
+                    f"topk: must be <= {which} ({selectable}): per-sample top-k keeps int(topk) of {which} "
+                    f"components (got {self.topk:g})"
+                )
         else:
             if self.pnorm is None:
                 raise ValueError("lp_sparsity_coeff needs pnorm")
