@@ -7,11 +7,14 @@ little when scrubbed and a lot when anti-scrubbed. Losses are per-sample MSEs vs
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from apd.methods.base import Decomposition
-from apd.targets.base import Target
+if TYPE_CHECKING:
+    from apd.methods.base import Decomposition
+    from apd.targets.base import Target
 
 
 def forced_components(x: Tensor, feature_map: Tensor, C: int) -> Tensor:
