@@ -156,7 +156,12 @@ def override_spec(name: str, overrides: Mapping[str, Any]) -> TargetSpec:
     try:
         return type(spec).model_validate(_merge(spec.to_dict(), overrides))
     except ValidationError as e:
-        errors = [{**err, "loc": tuple(err["loc"])} for err in e.errors()]
+        # a rule across fields (no location of its own) is pinned on the first override that met it
+        key, value = next(iter(overrides.items()))
+        errors = [
+            {**err, "loc": tuple(err["loc"])} if err["loc"] else {**err, "loc": (key,), "input": value}
+            for err in e.errors()
+        ]
         raise ValidationError.from_exception_data(f"target {name}", errors) from None  # type: ignore[arg-type]
 
 
