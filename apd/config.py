@@ -127,6 +127,13 @@ class EvalConfig(BaseConfig):
     identity_tol: Probability = 0.1
     figures: bool = True
 
+    @model_validator(mode="after")
+    def _ranges(self) -> Self:
+        if self.mechanism_norm_min > self.mechanism_norm_max:
+            lo, hi = self.mechanism_norm_min, self.mechanism_norm_max
+            raise ValueError(f"mechanism_norm_min ({lo}) must be <= mechanism_norm_max ({hi})")
+        return self
+
 
 DEFAULT_METHOD = "apd"
 """The method of a config without a `method` key (every config written before SPD existed)."""

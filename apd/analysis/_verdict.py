@@ -10,6 +10,7 @@ import pandas as pd
 from apd.analysis._columns import METRIC
 from apd.analysis._outcomes import row_metrics
 from apd.config import EvalConfig
+from apd.errors import ConfigError
 from apd.metrics.verdict import decide
 
 DERIVED = (
@@ -54,7 +55,10 @@ def rejudge(trials: pd.DataFrame, eval_cfg: EvalConfig | Mapping[str, Any] | Non
             verdicts.append(None)
             continue
         family = row.get("family") if isinstance(row.get("family"), str) else None
-        v = decide(row_metrics(row), cfg, family=family, measured_only=row.get("schema") == "1")
+        try:
+            v = decide(row_metrics(row), cfg, family=family, measured_only=row.get("schema") == "1")
+        except ConfigError as e:  # a family this checkout does not know
+            raise ConfigError(f"{row.get('out', '?')}: trial {row['trial_id']}: {e}") from None
         new["recovered"].append(v.recovered)
         new["recovered_all"].append(v.recovered_all)
         verdicts.append(v.to_metrics())

@@ -47,11 +47,13 @@ def objective_keys() -> tuple[str, ...]:
 
 
 def legacy_family(metrics: Mapping[str, Any]) -> str:
-    """The family of metrics written before they named it (schema 1): by the keys they hold."""
-    if "mmcs_per_instance" in metrics:
-        return "tms"
-    if "dedicated_fraction_per_instance" in metrics:
-        return "resid_mlp"
+    """The family of metrics written before they named it (schema 1): the first whose `marker_keys` they
+    hold, else the user-file family (judged by its identity pattern, as every other target was then)."""
+    from apd.targets.registry import FAMILIES
+
+    for kind, family in FAMILIES.items():
+        if any(k in metrics for k in family.marker_keys):
+            return kind
     return "file"
 
 

@@ -74,11 +74,17 @@ def _failure(family: Any, name: str) -> str:
     return check.failure if check is not None else name
 
 
+MAX_INSTANCES = 100_000
+"""A stored instance count above this is not believed (the longest per-instance list counts instead)."""
+
+
 def n_instances(metrics: Mapping[str, Any]) -> int:
-    """`n_instances` when stored, else the longest per-instance list."""
-    n = metrics.get("n_instances")
-    if isinstance(n, int | float | np.integer | np.floating) and not isinstance(n, bool) and float(n).is_integer():
-        return max(int(n), 0)
+    """`n_instances` when stored (an instance without metrics then fails), else the longest per-instance list."""
+    from apd.targets.family import finite_number
+
+    n = finite_number(metrics.get("n_instances"))
+    if n is not None and n.is_integer() and 0 <= n <= MAX_INSTANCES:
+        return int(n)
     lengths = [len(v) for k, v in metrics.items() if k.endswith("_per_instance") and _is_list(v)]
     return max(lengths, default=0)
 

@@ -300,6 +300,8 @@ class Family:
     columns: ClassVar[tuple[Column, ...]] = ()
     summary_keys: ClassVar[tuple[str, ...]] = ()
     """Metrics the `apd decompose` summary line prints."""
+    marker_keys: ClassVar[tuple[str, ...]] = ()
+    """Keys only this family's metrics hold: they recognise results written before metrics named their family."""
     cacheable: ClassVar[bool] = True
     """`apd train-target` can write the network to the cache (False: it lives in the user's own file)."""
 

@@ -333,6 +333,7 @@ class ResidMLPFamily(Family):
         Column("median_norm_top1_mse", "median top-1 MSE / target MSE (ratio)", lambda ev: ev.norm_top1_mse_max),
         Column("scrub_ratio", "anti-scrubbed / scrubbed loss (ratio)", lambda ev: ev.scrub_ratio_min),
     )
+    marker_keys = ("dedicated_fraction_per_instance",)
     summary_keys = ("dedicated_fraction", "n_mono", "n_duo", "n_poly", "n_dead", "scrub_ratio")
 
     def build(self, spec: Any, seed: int = 0) -> Target:

@@ -193,6 +193,7 @@ class TMSFamily(Family):
         Column("n_distinct", "distinct matches (count)"),
         *MECHANISM_COLUMNS,
     )
+    marker_keys = ("mmcs_per_instance",)
     summary_keys = ("mmcs", "ml2r", "n_distinct", "mechanism_cos", "split_share")
 
     def build(self, spec: Any, seed: int = 0) -> Target:

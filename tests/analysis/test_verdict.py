@@ -46,3 +46,9 @@ def test_bad_threshold_names_the_field_and_missing_metrics_fail(make_sweep: Call
     again = add_outcomes(rejudge(trials.drop(columns=["metric.split_share_per_instance"]), {}))
     counts = failure_counts(again).set_index("mode")["instances"]
     assert counts["split features"] == int((trials["status"] == "COMPLETE").sum()) and not again["success"].any()
+
+
+def test_a_family_this_checkout_does_not_know_names_the_trial(make_sweep: Callable[..., Path]) -> None:
+    trials = load_trials(make_sweep()).assign(family="spd-only")
+    with pytest.raises(ConfigError, match=r"trial t0000: unknown target family 'spd-only'; known: tms"):
+        rejudge(trials, {})

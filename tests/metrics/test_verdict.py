@@ -93,6 +93,9 @@ def test_instance_count_comes_from_n_instances() -> None:
     # n_instances 4 with 3-long lists: the 4th instance has no metrics, so it fails every check
     v = decide({**tms(n_distinct=[5, 5, 5], mmcs=[0.999] * 3), "n_instances": 4}, {})
     assert v.recovered_per_instance == [True, True, True, False] and len(v.failed[3]) == len(v.checks)
+    # a count that cannot be one falls back to the longest list
+    for bad in (-1, 2.5, 10**12, "4", float("nan")):
+        assert decide({**tms(), "n_instances": bad}, {}).n_instances == 3, bad
 
 
 def test_resid_and_user_file_rejudge() -> None:
@@ -120,6 +123,8 @@ def test_family_of_old_metrics_and_unknown_families() -> None:
         judge({"family": "nope", "n_instances": 1}, {})
     with pytest.raises(ConfigError, match="eval: mmcs_minn: unknown key"):
         judge(tms(), {"mmcs_minn": 0.9})
+    with pytest.raises(ConfigError, match=r"mechanism_norm_min \(1.5\) must be <= mechanism_norm_max \(1.25\)"):
+        judge(tms(), {"mechanism_norm_min": 1.5})
 
 
 def test_rules_and_keys() -> None:
