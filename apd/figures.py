@@ -1,4 +1,4 @@
-"""Per-run figures (method notes 7): the drawing functions, and `make_figures`, which draws the identity
+"""Per-run figures (docs/method.md): the drawing functions, and `make_figures`, which draws the identity
 pattern of every run and asks the target's family for its own (`Family.figures`).
 
 Figures are built with `matplotlib.figure.Figure` directly (the Agg canvas, no pyplot state), so

@@ -1,4 +1,4 @@
-"""The papers' TMS numbers (method notes 4.1) beside a sweep's best trials and settings, per method and target."""
+"""The papers' TMS numbers (docs/method.md) beside a sweep's best trials and settings, per method and target."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ground-truth metrics of a decomposition and the `recovered` verdict (method notes 4, 9).
+"""Ground-truth metrics of a decomposition and the `recovered` verdict (docs/method.md).
 
 Method-agnostic metrics live here, one per module (identity pattern, mechanism matching, ...);
 each target family (`apd.targets.family`) declares and computes its own from them. `decide` is

@@ -21,7 +21,7 @@ COMMON_KEYS = (
     "recovered_all",
     "recovered_per_instance",
 )
-"""Written for every target: the judging family, sizes, the identity pattern (method notes 9), the verdict."""
+"""Written for every target: the judging family, sizes, the identity pattern (docs/method.md), the verdict."""
 
 
 def check_keys(kind: str) -> tuple[str, ...]:

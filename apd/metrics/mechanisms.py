@@ -1,4 +1,4 @@
-"""Component weights against known true mechanisms (method notes 9): matching, cosine, norm, split.
+"""Component weights against known true mechanisms (docs/method.md): matching, cosine, norm, split.
 
 Mechanism k is its part of every decomposed parameter, flattened into one vector `M_k`; component c
 likewise `P_c` (over the same parameters). The matching pairs mechanisms with components one to one,

@@ -1,4 +1,4 @@
-"""`evaluate`: every ground-truth metric of one decomposition and its verdict (method notes 4, 9).
+"""`evaluate`: every ground-truth metric of one decomposition and its verdict (docs/method.md).
 
 Method-agnostic here: the identity-pattern error of the method's one-hot importances, per component
 group. Everything else comes from the target's family (`Family.evaluate`: TMS MMCS/ML2R and weight

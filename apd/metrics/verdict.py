@@ -1,5 +1,5 @@
 """THE verdict: one function decides, per model instance, whether a decomposition recovered the
-ground truth, and names every check that failed (method notes 9).
+ground truth, and names every check that failed (docs/method.md).
 
 The checks are the target family's (`Family.checks`: named predicates over stored metrics, each
 with its failure-mode name); `verdict` reads only numbers that `evaluate` stored, so analysis can

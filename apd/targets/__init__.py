@@ -1,4 +1,4 @@
-"""Target models, one family per module, their registry, training recipes, cache and loading (method notes 2)."""
+"""Target models, one family per module, their registry, training recipes, cache and loading (docs/method.md)."""
 
 from apd.targets.base import Layer, Target, run_with_cache
 from apd.targets.family import Check, Column, EvalContext, Family, TargetSpec, TrainRecipe

@@ -69,7 +69,7 @@ class Target(nn.Module):
         data_generation_type: str = "at_least_zero_active",
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Inputs `(batch, instances, n_inputs)` on the model's device: sparse features (method notes 2.1)."""
+        """Inputs `(batch, instances, n_inputs)` on the model's device: sparse features (docs/method.md)."""
         return sample_sparse_features(
             batch_size,
             self.n_instances,

@@ -47,7 +47,7 @@ from pydantic import model_validator
 from torch import Tensor
 
 from apd.config import BaseConfig, EvalConfig, NonNegativeFloat, PositiveFloat, PositiveInt
-from apd.errors import ApdError
+from apd.errors import ApdError, ConfigError
 from apd.targets.base import Target
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ Labeler = Callable[[Tensor], Tensor]
 
 
 class TrainRecipe(BaseConfig):
-    """AdamW training of a target on its own data (method notes 2.2, 2.3)."""
+    """AdamW training of a target on its own data (docs/method.md)."""
 
     steps: PositiveInt
     batch_size: PositiveInt
@@ -152,7 +152,7 @@ IDENTITY_CHECK = Check(
     lambda v, ev: v[0] == 0,
     lambda ev: f"identity-pattern error 0 (tolerance {ev.identity_tol:g})",
 )
-"""A clean one-hot importance pattern: one component per feature (method notes 9)."""
+"""A clean one-hot importance pattern: one component per feature (docs/method.md)."""
 
 MECHANISM_CHECKS = (
     at_most(
@@ -325,7 +325,7 @@ class Family:
 
     def from_arrays(self, data: Mapping[str, Any], path: Path) -> Target:
         """A network from a user file's entries (`apd.targets.file` dispatches on its `kind` entry)."""
-        raise ApdError(f"{path}: kind: {self.kind} targets have no user-file format")
+        raise ConfigError(f"{path}: kind: {self.kind} targets have no user-file format")
 
     def describe(self, spec: Mapping[str, Any]) -> str:
         """A short name for reports, from the spec's dict form (e.g. `TMS 5-2`)."""

@@ -15,7 +15,7 @@ Linear stack entries:
 * `b0, ..., b{L-1}` (optional, any subset): biases `(d_out,)` or `(instances, d_out)`. They are
   kept frozen and are not decomposed.
 * `feature_probability` (optional scalar, default 0.05) and `value_range` (optional pair, default
-  `(0, 1)`): the sparse-feature input distribution (method notes 2.1) used while decomposing.
+  `(0, 1)`): the sparse-feature input distribution (docs/method.md) used while decomposing.
 * `ground_truth` (optional): the true mechanisms, one per feature (or any number K >= 1): for some
   or all layers `W{l}`, an array `(K, d_in, d_out)` (or `(instances, K, d_in, d_out)`) whose k-th
   slice is mechanism k's part of `W{l}`. In a `.pt` file a dict `{"W0": ..., "W1": ...}`; in an

@@ -1,4 +1,4 @@
-"""The gated family: a hand-coded residual ReLU MLP computing `sum_i a_i F_i(x)` (method notes 2.4).
+"""The gated family: a hand-coded residual ReLU MLP computing `sum_i a_i F_i(x)` (docs/method.md).
 
 Inputs `(x, a_0..a_{n-1})`: `x ~ U[lo, hi]`, control bits `a_i` on with a small probability.
 `F_i(x) = a cos(bx + c) + d sin(ex + f) + g` with seeded coefficients (a, d, g ~ U(-1, 1);

@@ -1,4 +1,4 @@
-"""Target families and registered targets: one registry line each (method notes section 2 for every number).
+"""Target families and registered targets: one registry line each (docs/method.md for every number).
 
 `FAMILIES` maps a spec's `kind` to its `Family` (`apd.targets.family` says how to add one);
 `TARGETS` names specs. A config's `target` may override any field of its named spec

@@ -1,7 +1,7 @@
-"""The residual-MLP family: `r += ReLU(r W_in) W_out` per layer, `y = r W_E^T` (method notes 2.3).
+"""The residual-MLP family: `r += ReLU(r W_in) W_out` per layer, `y = r W_E^T` (docs/method.md).
 
 Network, spec, labels `y = x + ReLU(c x)` (or `|c x|`), training losses, and the ground truth
-(4.2-4.5, 9): neuron contributions and mono/duo/poly/dead counts, the one-hot feature map and its
+(docs/method.md): neuron contributions and mono/duo/poly/dead counts, the one-hot feature map and its
 dedicated fraction, per-feature top-1 losses and scrubbing. The true mechanisms are not known
 exactly (one component per feature, spread over many neurons), so the verdict is the paper's:
 dedicated fraction, monosemantic dedicated components, top-1 MSE and scrub separation.
@@ -181,7 +181,7 @@ def resid_stream_loss(model: ResidMLP, x: Tensor, labels: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation (method notes 4.2-4.5)
+# Evaluation (docs/method.md, residual MLP metrics)
 
 
 def sample_top1_mask(attr: Tensor) -> Tensor:
@@ -192,7 +192,7 @@ def sample_top1_mask(attr: Tensor) -> Tensor:
 
 @dataclass
 class ResidSampleLosses:
-    """What the pass over training batches collects (method notes 4.4, 4.5)."""
+    """What the pass over training batches collects (docs/method.md)."""
 
     per_sample: dict[str, list[Tensor]] = field(default_factory=dict)
     """`scrubbed`, `anti_scrubbed`, `mono_baseline`, `zero`: per-sample MSE vs target `(batch, I)`."""
@@ -370,7 +370,7 @@ class ResidMLPFamily(Family):
         return tuple(layer.name for layer in model.layers if layer.name.startswith("mlp_in"))
 
     def evaluate(self, ctx: EvalContext) -> tuple[dict[str, Any], Any]:
-        """Contributions, feature map, per-feature top-1 losses and scrubbing (method notes 4.2-4.5, 9)."""
+        """Contributions, feature map, per-feature top-1 losses and scrubbing (docs/method.md)."""
         target = ctx.target
         assert isinstance(target, ResidMLP)
         ev, comps = ctx.ev, ctx.components

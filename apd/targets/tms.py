@@ -1,6 +1,6 @@
 """The TMS family: Toy Model of Superposition `x_hat = ReLU(W^T [H] W x + b)` with tied W (Elhage et al. 2022).
 
-Network, spec, training recipe (method notes 2.2), and the ground truth (4.1, 9): feature j's true
+Network, spec, training recipe and the ground truth (docs/method.md): feature j's true
 mechanism is row j of `linear1` (the tied `linear2` is its transpose), so a TMS instance is
 recovered when MMCS and ML2R pass as in the papers, the argmax matching is one-to-one, no feature
 is split over components, every true mechanism has a matched component of cosine >= 0.99 and

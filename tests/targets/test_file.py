@@ -88,6 +88,7 @@ def test_defaults_overrides_and_instances(tmp_path: Path) -> None:
         ({"W0": W0, "b0": np.zeros((3, 4), np.float32)}, "b0: 3 instances, but W0 has 1"),
         ({"W0": W0, "feature_probability": 2.0}, "feature_probability must be in"),
         ({"W0": W0, "kind": "mlp"}, "kind: unknown format 'mlp'; one of file, tms"),
+        ({"W0": W0, "kind": "gated"}, "kind: gated targets have no user-file format"),
     ],
 )
 def test_bad_stacks_name_the_file_and_entry(tmp_path: Path, entries: dict[str, object], message: str) -> None:
