@@ -55,20 +55,18 @@ def _decompose(args: argparse.Namespace) -> int:
 
 
 def summary(metrics: dict, out: Path) -> str:
+    """One line of the run's main numbers: status, losses, its family's metrics, the verdict."""
+    from apd.metrics.keys import family_kind
+    from apd.targets.registry import FAMILIES
+
+    family = FAMILIES.get(family_kind(metrics)) if "identity_error" in metrics else None
     keys = (
         "status",
         "steps_done",
         "total_loss",
         "faithfulness_loss",
         "topk_recon_loss",
-        "mmcs",
-        "ml2r",
-        "n_distinct",
-        "dedicated_fraction",
-        "n_mono",
-        "n_duo",
-        "n_poly",
-        "n_dead",
+        *(family.summary_keys if family is not None else ()),
         "identity_error",
         "recovered",
     )

@@ -75,12 +75,20 @@ class BaseConfig(BaseModel):
 
 
 class TargetRef(BaseConfig):
-    """Which target to decompose, and the data distribution used while decomposing it."""
+    """Which target to decompose, and the data distribution used while decomposing it.
+
+    Any other key overrides that field of the registered target's spec (`n_hidden: 3`,
+    `train: {steps: 500}`): the target is then trained and cached under its own name
+    (`apd.targets.train.cache_path`) and the run's config.yaml records the overrides.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str | None = None
     """Registered target name (trained once and cached by `apd train-target`)."""
     path: str | None = None
-    """A target file written by `apd train-target` or a user-supplied linear+ReLU stack."""
+    """A target file written by `apd train-target` or a user-supplied network (`apd.targets.file`).
+    A relative path is read relative to the config file that names it (`load_config`)."""
     seed: Int = 0
     """Training seed of a registered target (part of its cache key)."""
     feature_probability: Probability | None = None
@@ -91,7 +99,16 @@ class TargetRef(BaseConfig):
     def _one_source(self) -> Self:
         if (self.name is None) == (self.path is None):
             raise ValueError("set exactly one of target.name and target.path")
+        if self.model_extra:
+            from apd.targets.registry import check_overrides
+
+            check_overrides(self.name, self.model_extra)
         return self
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The spec fields this config overrides (`{}` for the registered spec)."""
+        return dict(self.model_extra or {})
 
 
 class EvalConfig(BaseConfig):
@@ -103,6 +120,18 @@ class EvalConfig(BaseConfig):
     ml2r_max: PositiveFloat | None = None
     require_one_to_one: bool = True
     identity_hidden_rel_tol: NonNegativeFloat = 0.05
+    # targets with known true mechanisms (TMS, gated, user files that ship `ground_truth`); defaults
+    # calibrated on 60 TMS 5-2 instances at the paper's settings (bench/RESULTS.md): those the MMCS/ML2R
+    # rule accepts have split shares 0.036-0.046 and mechanism cosines 0.986-0.992, the rest >= 0.19 / <= 0.87
+    split_max: NonNegativeFloat = 0.08
+    """A feature is split when a second component holds more than this share of its true mechanism
+    (least-squares coefficient, `apd.metrics.mechanisms`): 0.5 for a feature halved over two
+    components, 0.1 for a 90/10 split; APD leaves about 0.04 in other components of a recovered feature."""
+    mechanism_cos_min: Probability = 0.97
+    """Every true mechanism needs a matched component (Hungarian on flattened weights) at least this aligned."""
+    mechanism_norm_min: NonNegativeFloat = 0.8
+    mechanism_norm_max: PositiveFloat = 1.25
+    """The matched component's norm over the mechanism's must lie in [min, max]."""
     # residual MLP
     contribution_cutoff: NonNegativeFloat = 0.04
     dedicated_min: Probability = 0.95
@@ -114,6 +143,13 @@ class EvalConfig(BaseConfig):
     # any target
     identity_tol: Probability = 0.1
     figures: bool = True
+
+    @model_validator(mode="after")
+    def _ranges(self) -> Self:
+        if self.mechanism_norm_min > self.mechanism_norm_max:
+            lo, hi = self.mechanism_norm_min, self.mechanism_norm_max
+            raise ValueError(f"mechanism_norm_min ({lo}) must be <= mechanism_norm_max ({hi})")
+        return self
 
 
 DEFAULT_METHOD = "apd"
@@ -449,8 +485,22 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return out
 
 
+def absolute_target_path(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """`data` with a relative `target.path` made absolute against `base_dir` (where the file naming it is)."""
+    target = data.get("target")
+    if isinstance(target, dict) and isinstance(target.get("path"), str):
+        p = Path(target["path"]).expanduser()
+        if not p.is_absolute():
+            return {**data, "target": {**target, "path": os.path.abspath(base_dir / p)}}
+    return data
+
+
 def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> DecomposeConfig:
-    """Load an experiment by registered name or path and apply dotted overrides."""
+    """Load an experiment by registered name or path and apply dotted overrides.
+
+    A relative `target.path` in the file is read relative to the file; one given as an override,
+    relative to the working directory. Either way the config holds it absolute.
+    """
     path = resolve_experiment(name_or_path)
     data = read_yaml(path)
     if not isinstance(data, dict):
@@ -459,10 +509,10 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         raise ConfigError(f"{path}: a sweep file (it has experiment: and objective:); run it with apd sweep")
     source = str(path) if not overrides else f"{path} with overrides"
     try:
-        merged = apply_overrides(data, overrides or {})
+        merged = apply_overrides(absolute_target_path(data, path.parent), overrides or {})
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    cfg = parse_config(merged, source=source)
+    cfg = parse_config(absolute_target_path(merged, Path.cwd()), source=source)
     if (problem := unknown_target(cfg)) is not None:
         raise ConfigError(f"{source}: target.name: {problem}")
     return cfg

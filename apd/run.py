@@ -224,7 +224,7 @@ def finish_run(cfg: DecomposeConfig, loaded: LoadedTarget, result: DecomposeResu
     last = result.records[-1].as_dict() if result.records else {}
     metrics: dict[str, Any] = {"status": result.status, "steps_done": result.steps_done, "error": result.error}
     metrics |= {k: last.get(k) for k in (*method.loss_keys, *method.stat_keys)}
-    artifacts: dict[str, Any] = {}
+    artifacts = None
     if result.status == "finished":
         eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         scores, artifacts = evaluate(
@@ -241,7 +241,7 @@ def finish_run(cfg: DecomposeConfig, loaded: LoadedTarget, result: DecomposeResu
             | {"method": cfg.method, "state_dict": result.components.state_dict()},
             out_dir / "components.pt",
         )
-        if result.status == "finished" and cfg.eval.figures:
+        if artifacts is not None and cfg.eval.figures:
             make_figures(target, result.components, metrics, artifacts, out_dir / "figures")
         atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
     return RunResult(result.status, result.steps_done, metrics, result.error, out_dir)

@@ -84,25 +84,22 @@ def setup(case: str, implementation: str, device: str, overrides: dict[str, Any]
     from apd.config import load_config
     from apd.decompose import make_components
     from apd.methods.apd.losses import apd_loss
-    from apd.targets.registry import get_spec
-    from apd.targets.specs import build_model
-    from apd.targets.tasks import sample_batch
+    from apd.targets.registry import get_family, resolve_spec
     from apd.targets.train import resolve_device
 
     experiment, batch_size = CASES[case]
     dev = resolve_device(device)
     cfg = load_config(experiment, {"batch_size": batch_size, "implementation": implementation, **overrides})
-    spec = get_spec(cfg.target.name)
-    model = build_model(spec, seed=0).to(dev).eval().requires_grad_(False)  # type: ignore[arg-type]
+    spec = resolve_spec(str(cfg.target.name), cfg.target.overrides)
+    model = get_family(spec.kind).build(spec, seed=0).to(dev).eval().requires_grad_(False)
     comps = make_components(cfg, model, dev)
     opt = torch.optim.AdamW(comps.parameters(), lr=cfg.lr, weight_decay=0.0)  # as apd.decompose
     gen = torch.Generator(device=dev).manual_seed(0)
     batches = [
-        sample_batch(
-            model,
+        model.sample(
             batch_size,
-            feature_probability=spec.feature_probability,  # type: ignore[union-attr]
-            value_range=spec.value_range,  # type: ignore[union-attr]
+            feature_probability=spec.feature_probability,  # type: ignore[attr-defined]
+            value_range=spec.value_range,  # type: ignore[attr-defined]
             generator=gen,
         )
         for _ in range(N_BATCHES)

@@ -1,9 +1,12 @@
 """THE Parquet schema of sweep results, and a store that rewrites both files atomically.
 
 `OUT/trials.parquet`, one row per trial:
-  trial_id, sweep, experiment, engine, status (COMPLETE|PRUNED|FAILED|DIVERGED|RUNNING), error,
-  seed, setting_id, draw, node, mlflow_run_id, recovered (double), recovered_all (bool),
-  start_time, end_time (timestamp[us, UTC]), steps_done (int64),
+  trial_id, sweep, experiment (as the sweep file names it), engine, status
+  (COMPLETE|PRUNED|FAILED|DIVERGED|RUNNING), error, seed, setting_id, draw, node, mlflow_run_id,
+  recovered (double), recovered_all (bool), start_time, end_time (timestamp[us, UTC]), steps_done
+  (int64), and (schema 2) method, target (name), target_spec (JSON of the resolved spec), family
+  (the kind of the family that judges the target), n_instances (int64) and experiment_ref (a
+  registered experiment's name, or the absolute path of the config YAML: what `apd decompose` takes),
   objective (single objective) or objective.0, objective.1, ... (several),
   param.<dotted key> per swept parameter (typed from the spec), metric.<key> per final metrics.json
   key (bool, int64, double, string, or list<double> for per-instance lists).
@@ -28,7 +31,8 @@ import pyarrow.parquet as pq
 from apd.sweep.spec import CategoricalParam, GridParam, IntParam, ValidatedSweep
 from apd.sweep.trial import TrialOutcome, TrialPoint
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+"""Version 2 added method, target, target_spec, family, n_instances and experiment_ref."""
 TRIALS_FILE = "trials.parquet"
 HISTORY_FILE = "history.parquet"
 PARAM = "param."
@@ -52,6 +56,12 @@ BASE_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("start_time", TIMESTAMP),
     ("end_time", TIMESTAMP),
     ("steps_done", pa.int64()),
+    ("method", pa.string()),
+    ("target", pa.string()),
+    ("target_spec", pa.string()),
+    ("family", pa.string()),
+    ("n_instances", pa.int64()),
+    ("experiment_ref", pa.string()),
 )
 NOT_METRICS = ("status", "steps_done", "error")
 """metrics.json keys that have their own column."""
@@ -207,6 +217,7 @@ class ResultsStore:
         self.out, self.sweep, self.engine = out, sweep, engine
         self.rows: dict[str, dict[str, Any]] = {}
         self.history: dict[str, dict[int, dict[str, float]]] = {}
+        self._targets: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def load(cls, out: Path, sweep: ValidatedSweep, engine: str) -> ResultsStore:
@@ -251,8 +262,35 @@ class ResultsStore:
             "params": dict(point.params),
             "metrics": {},
             "objective": None,
+            **self.target_columns(point),
         }
         self.history.setdefault(point.trial_id, {})
+
+    def target_columns(self, point: TrialPoint) -> dict[str, Any]:
+        """Method, target, resolved spec, family and instance count of a trial's config (a file target is
+        read once per sweep, never trained), and the experiment as `apd decompose` takes it."""
+        from pydantic import ValidationError
+
+        from apd.errors import ApdError
+        from apd.targets import describe_target
+
+        try:
+            cfg = self.sweep.config(point.params, point.seed)
+        except ValidationError:  # an interior point breaking a rule: the trial reports it as FAILED
+            return {"experiment_ref": experiment_ref(self.sweep)}
+        key = json.dumps(cfg.target.to_dict(), sort_keys=True)
+        if key not in self._targets:
+            try:
+                info = describe_target(cfg.target)
+                self._targets[key] = {
+                    "target": info.name,
+                    "target_spec": info.spec_json,
+                    "family": info.family,
+                    "n_instances": info.n_instances,
+                }
+            except ApdError:  # a missing or broken target file: the trial itself reports it
+                self._targets[key] = {"target": cfg.target.name or Path(str(cfg.target.path)).stem}
+        return {"method": cfg.method, "experiment_ref": experiment_ref(self.sweep), **self._targets[key]}
 
     def add_step(self, trial_id: str, record: Mapping[str, float], node: str | None = None) -> None:
         row = self.rows[trial_id]
@@ -298,6 +336,12 @@ class ResultsStore:
         write_atomic(trials_table(self.sweep, self.engine, ordered), self.out / TRIALS_FILE)
         history = {k: self.history[k] for k in sorted(self.history) if k in self.rows}
         write_atomic(history_table(self.sweep, self.engine, history), self.out / HISTORY_FILE)
+
+
+def experiment_ref(sweep: ValidatedSweep) -> str:
+    """A registered experiment's name, else the absolute path of its config YAML (runnable from anywhere)."""
+    registered = not sweep.spec.experiment.endswith((".yaml", ".yml")) and "/" not in sweep.spec.experiment
+    return sweep.spec.experiment if registered else str(sweep.experiment_path.resolve())
 
 
 def now() -> datetime:

@@ -150,7 +150,7 @@ def _warm(sweep: ValidatedSweep, load_target: Any) -> None:
     for params in corner_points(sweep.spec.parameters):
         for seed in seeds:
             cfg = sweep.config(params, seed)
-            key = (cfg.target.name, cfg.target.path, cfg.target.seed)
+            key = (cfg.target.name, cfg.target.path, cfg.target.seed, str(sorted(cfg.target.overrides.items())))
             if key not in seen:
                 seen.add(key)
                 try:

@@ -31,6 +31,7 @@ from apd.config import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    absolute_target_path,
     apply_overrides,
     choice_hint,
     closest,
@@ -42,7 +43,6 @@ from apd.config import (
     unknown_target,
 )
 from apd.errors import ConfigError
-from apd.metrics.keys import COMMON_KEYS, RESID_KEYS, TMS_HIDDEN_KEYS, TMS_KEYS
 
 Scalar = str | bool | int | float | None
 """A categorical value (Optuna's categorical choices must be one of these)."""
@@ -66,9 +66,10 @@ def step_keys(method: str) -> tuple[str, ...]:
 
 def objective_keys(method: str) -> tuple[str, ...]:
     """Scalar metrics.json keys a trial of `method` can be scored on."""
-    family = (*COMMON_KEYS, *TMS_KEYS, *TMS_HIDDEN_KEYS, *RESID_KEYS)
-    keys = ("steps_done", *(k for k in step_keys(method) if k != "lr"), *family)
-    return tuple(k for k in keys if not k.endswith("_per_instance"))
+    from apd.metrics.keys import objective_keys as family_keys
+
+    keys = ("steps_done", *(k for k in step_keys(method) if k != "lr"), *family_keys())
+    return tuple(dict.fromkeys(keys))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +330,7 @@ def validate_spec(data: dict[str, Any], *, source: str, base_dir: Path = Path(".
         raise ConfigError(format_sweep_error(e, source, SweepSpec)) from None
     _check(spec, source)
     exp_path = _experiment_path(spec.experiment, base_dir, source)
-    base = _base_config(exp_path, spec, source)
+    base = _base_config(exp_path, spec, source, base_dir)
     _check_metrics(spec, source, str(base.get("method") or DEFAULT_METHOD))
     _check_pack(spec, source, str(base.get("method") or DEFAULT_METHOD))
     report_every = spec.report_every or int(base.get("log_every") or DecomposeConfig.model_fields["log_every"].default)
@@ -365,7 +366,8 @@ def _is_registered(experiment: str) -> bool:
     return not experiment.endswith((".yaml", ".yml")) and "/" not in experiment
 
 
-def _base_config(exp_path: Path, spec: SweepSpec, source: str) -> dict[str, Any]:
+def _base_config(exp_path: Path, spec: SweepSpec, source: str, base_dir: Path) -> dict[str, Any]:
+    """The experiment with `fixed` applied; a relative target.path is read relative to the file naming it."""
     try:
         data = read_yaml(exp_path)
     except ConfigError as e:
@@ -373,9 +375,10 @@ def _base_config(exp_path: Path, spec: SweepSpec, source: str) -> dict[str, Any]
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: experiment: {exp_path}: expected a mapping of config keys")
     try:
-        return apply_overrides(data, spec.fixed)
+        merged = apply_overrides(absolute_target_path(data, exp_path.parent), spec.fixed)
     except ConfigError as e:
         raise ConfigError(f"{source}: fixed.{e}") from None
+    return absolute_target_path(merged, base_dir)
 
 
 # ---------------------------------------------------------------------------------------------

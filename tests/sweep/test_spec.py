@@ -288,8 +288,8 @@ def test_shipped_sweeps_are_valid(path: Path) -> None:
     assert len(sweep.spec.seeds) >= 3  # the recovery verdict needs at least 3 seeds per setting
     if path.stem == "quickstart":
         assert sweep.total_trials == 9 and sweep.max_steps == 2000
-    else:  # paper experiments at the paper's step counts, searching top-k, coefficients, C and m
-        assert {"topk", "C", "m", "topk_recon_coeff", "schatten_coeff"} <= set(sweep.spec.parameters)
+    else:  # paper experiments at the paper's step counts, searching top-k and the loss coefficients
+        assert "topk" in sweep.spec.parameters
         assert sweep.max_steps >= 10_000
 
 
