@@ -101,17 +101,19 @@ def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def tile_target(target: Target, k: int) -> Target:
     """`target` with every instance repeated for k members (member-major), frozen like it.
 
-    Every parameter and buffer must carry the instance axis first; the tiled target's output is
-    checked against the target's on a random batch, so a target that breaks that rule is refused.
+    Every parameter and buffer must carry the instance axis first, except those a target declares
+    `shared_tensors`; the tiled target's output is checked against the target's on a random batch,
+    so a target that breaks that rule is refused.
     """
     if k == 1:
         return target
     n = target.n_instances
     tiled = copy.deepcopy(target)
     for module in tiled.modules():
+        shared = getattr(module, "shared_tensors", ())
         for tensors in (module._parameters, module._buffers):
             for name, t in tensors.items():
-                if t is None:
+                if t is None or name in shared:
                     continue
                 if t.dim() == 0 or t.shape[0] != n:
                     why = f"{name} has no instance axis"

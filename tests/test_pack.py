@@ -207,3 +207,29 @@ def test_a_target_without_an_instance_axis_is_refused() -> None:
 
 def test_auto_pack_size_is_one_on_a_cpu() -> None:
     assert measure_pack_size(cfg(device="cpu")) == 1
+
+
+def test_a_residual_mlp_packs_and_each_member_trains_as_alone() -> None:
+    """Its label coefficients are shared by every instance (`shared_tensors`): tiling leaves them."""
+    from apd.targets.resid_mlp import ResidMLP
+
+    torch.manual_seed(0)
+    target = ResidMLP(6, 16, 4, n_layers=1, n_instances=1, label_coeffs=torch.linspace(1, 2, 6))
+    target.requires_grad_(False)
+    tiled = tile_target(target, 3)
+    assert tiled.n_instances == 3 and torch.equal(tiled.label_coeffs, target.label_coeffs)
+    base = dict(target={"name": "resid-mlp-1"}, C=8, topk=1.0, topk_recon_coeff=1.0, act_recon_coeff=1.0)
+    base |= dict(schatten_coeff=1.0, schatten_pnorm=0.9, lr=1e-3, steps=12, batch_size=64, log_every=4)
+    cfgs = [APDConfig.model_validate(base | m) for m in ({"seed": 0}, {"seed": 1, "topk": 1.5, "lr": 3e-3})]
+
+    def stream(seed: int) -> Batches:
+        def sample(n: int, gen: torch.Generator) -> torch.Tensor:
+            return sample_sparse_features(n, 1, 6, feature_probability=0.2, value_range=(-1, 1), generator=gen)
+
+        return Batches(sample, 64, seed=seed, device="cpu")
+
+    alone = [decompose(c, target, stream(c.seed), progress=False) for c in cfgs]
+    packed = decompose_pack(cfgs, target, [stream(c.seed) for c in cfgs], progress=False)
+    for a, p in zip(alone, packed.values(), strict=True):
+        for ra, rp in zip(a.records, p.records, strict=True):
+            assert rp.losses == pytest.approx(ra.losses, rel=1e-5, abs=1e-9)

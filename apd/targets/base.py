@@ -44,6 +44,9 @@ class Target(nn.Module):
     """Layers whose outputs the hidden-activation reconstruction loss compares."""
     act_recon_relu: bool = False
     """Apply ReLU before comparing (residual MLP: the MLP's hidden activations)."""
+    shared_tensors: ClassVar[tuple[str, ...]] = ()
+    """Parameters or buffers without the instances axis, the same for every instance (a pack tiles
+    every other tensor along that axis, `apd.pack.tile_target`)."""
 
     def weights(self) -> dict[str, Tensor]:
         """Decomposed parameters by name, each `(instances, d_in, d_out)`."""

@@ -62,6 +62,7 @@ class ResidMLP(Target):
     kind = "resid_mlp"
     act_recon_relu = True
     label_coeffs: Tensor
+    shared_tensors = ("label_coeffs",)
 
     def __init__(
         self,
