@@ -6,7 +6,6 @@ asynchronous rule ASHA uses) fed the pruning metric at every report.
 
 from __future__ import annotations
 
-import math
 import socket
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import optuna
 import torch
 
 from apd.sweep.recorder import Recorder
-from apd.sweep.space import make_pruner, make_sampler, make_space, pruning_sign
+from apd.sweep.space import intermediate_value, make_pruner, make_sampler, make_space
 from apd.sweep.spec import ValidatedSweep
 from apd.sweep.study import StudyHandle
 from apd.sweep.trial import TrialContext, TrialOutcome, TrialPoint, run_trial
@@ -58,15 +57,14 @@ def _run(
     sweep: ValidatedSweep, ctx: TrialContext, trial: optuna.Trial, point: TrialPoint, recorder: Recorder, node: str
 ) -> TrialOutcome:
     prune = sweep.spec.pruning.algorithm != "none"
-    key, sign = sweep.spec.pruning.metric, pruning_sign(sweep)
     pruned = [False]
 
     def on_step(record: dict[str, float]) -> None:
         recorder.step(point.trial_id, record, node)
-        value = record.get(key)
-        if prune and value is not None and math.isfinite(value):
-            trial.report(sign * value, int(record["step"]))
-            pruned[0] = pruned[0] or trial.should_prune()
+        value = intermediate_value(sweep, record)
+        if value is not None:
+            trial.report(value, int(record["step"]))
+            pruned[0] = pruned[0] or (prune and trial.should_prune())
 
     return run_trial(
         ctx,
