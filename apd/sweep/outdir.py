@@ -32,9 +32,12 @@ class OutputError(ApdError):
     """OUT cannot be written (disk full, read-only, permissions)."""
 
 
-def output_error(path: Path | str, e: BaseException) -> OutputError:
-    reason = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
-    return OutputError(f"{path}: cannot write ({reason}); make room or fix it, then continue with --resume")
+def output_error(path: Path | str, e: BaseException | str, *, started: bool = True) -> OutputError:
+    """`path: cannot write (cause); ...`: what failed, why, and how to go on."""
+    reason = e if isinstance(e, str) else e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
+    reason = reason.split("Detail: ")[-1]  # pyarrow: "Error writing bytes to file. Detail: [errno 28] ..."
+    then = "then continue with --resume" if started else "then run it again"
+    return OutputError(f"{path}: cannot write ({reason}); make room or fix it, {then}")
 
 
 RESUMABLE = ("search.n_trials", "output")
@@ -44,10 +47,10 @@ RESUMABLE = ("search.n_trials", "output")
 WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
 
-def write_error(e: OSError, out: Path) -> Exception:
+def write_error(e: OSError, out: Path, *, started: bool = True) -> Exception:
     """A failed write in OUT as one line naming the file and the cause; other OS errors as they are."""
     if e.errno in WRITE_ERRNOS or (e.filename and str(e.filename).startswith(str(out))):
-        return output_error(e.filename or out, e)
+        return output_error(e.filename or out, e, started=started)
     return e
 
 

@@ -99,7 +99,14 @@ def local_ray(**init_kwargs: Any) -> Iterator[None]:
     """A private local Ray (`private_environment`) for the duration of the block."""
     ray_environment(local=True)
     with private_environment():
-        ray.init(address="local", **(INIT_KWARGS | init_kwargs))
+        try:
+            ray.init(address="local", **(INIT_KWARGS | init_kwargs))
+        except Exception as e:
+            # Ray gives its raylet a fixed 30 s to register: an overloaded machine can miss that once
+            if "timed out during startup" not in str(e):
+                raise
+            ray.shutdown()
+            ray.init(address="local", **(INIT_KWARGS | init_kwargs))
         try:
             yield
         finally:
@@ -125,7 +132,7 @@ def session(address: str | None) -> Iterator[None]:
                 ray_environment(local=False)
                 ray.init(address=address, **INIT_KWARGS)
                 stack.callback(ray.shutdown)
-        except (ConnectionError, RuntimeError, ValueError) as e:
+        except Exception as e:  # ConnectionError, RuntimeError, a bare Exception for a startup timeout, ...
             raise ConfigError(f"--address {address or 'local'}: cannot start or reach Ray ({one_line(e)})") from None
         yield
 

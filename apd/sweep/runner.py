@@ -78,10 +78,12 @@ def sweep_main(args: argparse.Namespace) -> int:
                     return _run(sweep, out, args, engine, resume)
             return _run(sweep, out, args, engine, resume)
         except OSError as e:
-            raise write_error(e, out) from None
+            raise write_error(e, out, started=resume or (out / SPEC_FILE).exists()) from None
         except Exception as e:
             if type(e).__name__ == "StorageInternalError":  # optuna's, for any failed write to optuna.db
-                raise output_error(out / "optuna.db", e.__cause__ or e) from None
+                from apd.sweep.study import storage_error
+
+                raise storage_error(out / "optuna.db", e, started=resume or (out / SPEC_FILE).exists()) from None
             raise
 
 
@@ -160,10 +162,18 @@ def _prepare(sweep: ValidatedSweep, out: Path, engine: str, resume: bool) -> tup
     from apd.sweep.study import create_study, resume_study
 
     resolved = sweep.resolved_dict() | {"output": str(out)}
-    write_text_atomic(out / SPEC_FILE, yaml.safe_dump(resolved, sort_keys=False))
-    store = ResultsStore.load(out, sweep, engine) if resume else ResultsStore(out, sweep, engine)
-    handle = resume_study(sweep, out, store) if resume else create_study(sweep, out)
-    return store, handle
+    if resume:
+        write_text_atomic(out / SPEC_FILE, yaml.safe_dump(resolved, sort_keys=False))
+        store = ResultsStore.load(out, sweep, engine)
+        return store, resume_study(sweep, out, store)
+    try:
+        write_text_atomic(out / SPEC_FILE, yaml.safe_dump(resolved, sort_keys=False))
+        return ResultsStore(out, sweep, engine), create_study(sweep, out)
+    except BaseException:
+        # a fresh sweep that could not start (disk full, ...) leaves OUT as it found it: empty
+        for name in (SPEC_FILE, "optuna.db", "optuna.db-journal"):
+            (out / name).unlink(missing_ok=True)
+        raise
 
 
 def _open_tracking(

@@ -37,7 +37,8 @@ import sqlalchemy.exc
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from apd.errors import ConfigError
+from apd.errors import ApdError, ConfigError
+from apd.sweep.outdir import output_error
 from apd.sweep.results import ResultsStore
 from apd.sweep.space import (
     DRAW_ATTR,
@@ -50,7 +51,7 @@ from apd.sweep.space import (
     replica_key,
 )
 from apd.sweep.spec import ValidatedSweep, setting_id
-from apd.sweep.trial import HISTORY_FILE, TrialOutcome, TrialPoint, judge_run, one_line, trial_id_of
+from apd.sweep.trial import HISTORY_FILE, TrialOutcome, TrialPoint, judge_run, trial_id_of
 
 STUDY_FILE = "optuna.db"
 PARENT_RUN_ATTR = "apd.mlflow_parent_run_id"
@@ -103,20 +104,24 @@ class StudyHandle:
         storage.set_trial_user_attr(trial_id, key, value)
 
 
-def storage_for(out: Path) -> RDBStorage:
-    """OUT's study storage; a file that is not an Optuna SQLite database is a one-line error."""
+def storage_for(out: Path, *, started: bool = True) -> RDBStorage:
+    """OUT's study storage (created if missing). A file that is no Optuna SQLite database, or one
+    that cannot be written (disk full, read-only), is a one-line error naming it."""
     path = out.resolve() / STUDY_FILE
     try:
         return RDBStorage(f"sqlite:///{path}")
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, RuntimeError) as e:
-        cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
-        raise ConfigError(f"{path}: not a readable Optuna study ({_db_reason(cause)})") from None
+        raise storage_error(path, e, started=started) from None
 
 
-def _db_reason(e: BaseException) -> str:
+def storage_error(path: Path, e: BaseException, *, started: bool = True) -> ApdError:
     """sqlalchemy's messages carry the SQL and a link; keep the driver's own words."""
-    orig = getattr(e, "orig", None)
-    return one_line(orig) if orig is not None else one_line(e)
+    cause = e.__cause__ if isinstance(e, optuna.exceptions.StorageInternalError) and e.__cause__ else e
+    orig = getattr(cause, "orig", None) or cause
+    reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if "not a database" in reason or "malformed" in reason:
+        return ConfigError(f"{path}: not a readable Optuna study ({reason})")
+    return output_error(path, reason, started=started)
 
 
 def trial_params(t: FrozenTrial) -> dict[str, Any]:
@@ -132,7 +137,7 @@ def counts(t: FrozenTrial) -> bool:
 
 def create_study(sweep: ValidatedSweep, out: Path) -> StudyHandle:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = storage_for(out)
+    storage = storage_for(out, started=False)
     study = optuna.create_study(storage=storage, study_name=sweep.name, directions=directions(sweep))
     _name_metrics(study, sweep)
     if sweep.spec.search.algorithm == "grid":

@@ -160,6 +160,15 @@ def test_ray_engine_with_asha_and_mlflow(ray_local: None, tiny_target: Path, tmp
     assert children["t0001"].data.tags["apd.error"].startswith("ConfigError: device")
     assert children["t0002"].data.tags["pruned"] == "true"
     assert rows["t0000"]["mlflow_run_id"] == done.info.run_id
+    # final values at step 0; every status count on the parent, zeros included
+    assert [m.step for m in client.get_metric_history(done.info.run_id, "mmcs")] == [0]
+    counts = {k: parent.data.metrics[k] for k in ("n_complete", "n_pruned", "n_failed", "n_diverged", "n_running")}
+    assert counts == {"n_complete": 1, "n_pruned": 1, "n_failed": 1, "n_diverged": 1, "n_running": 0}
+    # the Ray side fills the study as the inline engine does: ids, run ids, intermediate values
+    study = optuna.load_study(study_name="faults", storage=f"sqlite:///{out}/optuna.db")
+    first = study.trials[0]
+    assert first.user_attrs["apd.trial_id"] == "t0000" and first.user_attrs["apd.mlflow_run_id"] == done.info.run_id
+    assert sorted(first.intermediate_values) == [0, 20, 40, 60]  # the pruning metric (lr) at each report
 
 
 def test_ray_unmeetable_resources_fail_fast(ray_local: None, tiny_target: Path, tmp_path: Path) -> None:
