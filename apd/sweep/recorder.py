@@ -11,6 +11,7 @@ Both engines call the same four methods.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections import Counter
@@ -29,6 +30,21 @@ from apd.sweep.trial import TrialOutcome, TrialPoint, one_line
 WRITE_EVERY_S = 10.0
 TRIALS_DIR = "trials"
 """OUT/trials/<trial_id>/: the run folder of each finished trial (config, metrics, figures, weights)."""
+
+
+def short_reason(e: BaseException) -> str:
+    """The gist of a tracking failure: MLflow wraps requests' errors in a paragraph."""
+    text = one_line(e)
+    for needle, gist in (
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Name or service not known", "unknown host"),
+        ("RemoteDisconnected", "server closed the connection"),
+    ):
+        if needle in text:
+            return gist
+    match = re.search(r"\[Errno \d+\] ([^\"')]+)", text)
+    return match.group(1).strip() if match else text[:200]
 
 
 def status_counts(statuses: Mapping[str, int], total: int) -> dict[str, float]:
@@ -167,9 +183,9 @@ class Recorder:
             return fn(self.tracker)
         except Exception as e:
             uri, self.tracker = self.tracker.uri, None
-            self.tracking_error = f"{what}: {one_line(e)}"
+            self.tracking_error = f"{what}: {short_reason(e)}"
             self.progress.echo(
-                f"warning: MLflow ({uri}) failed at {what} ({one_line(e)[:300]}); tracking is off for the rest "
+                f"warning: MLflow ({uri}) failed at {what} ({short_reason(e)}); tracking is off for the rest "
                 f"of this run, results go on to Parquet (replay later: apd sync {self.out})",
                 err=True,
             )

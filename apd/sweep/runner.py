@@ -2,7 +2,8 @@
 
 OUT holds `sweep.yaml` (the spec as run), `optuna.db` (the study: what makes `--resume` work),
 `mlflow.db` + `mlartifacts/` (default tracking store), `trials.parquet`, `history.parquet`,
-`trials/<trial_id>/` (each finished run's folder) and `ray/` (Tune's experiment storage).
+`trials/<trial_id>/` (each finished run's folder) and `ray/` (Tune's experiment storage). The
+driver holds `OUT/.lock` throughout (`apd.sweep.outdir`: one driver per OUT, nothing overwritten).
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def sweep_main(args: argparse.Namespace) -> int:
     if spec_path is None and not (resume and args.out):
         raise ConfigError("sweep: give a sweep YAML (or --resume --out OUT)")
     given = load_spec(spec_path) if spec_path is not None else None
-    out = Path(args.out or (given.spec.output if given else None) or Path("out") / given.name).resolve()  # type: ignore[union-attr]
+    if args.out:
+        out = Path(args.out).resolve()
+    else:
+        assert given is not None
+        out = Path(given.spec.output or Path("out") / given.name).resolve()
     with claim(out):  # one driver per OUT, from before anything in it is read or written
         sweep = check_out(given, out, resume)
         if trials is not None:

@@ -8,7 +8,7 @@ makes it hold one child per finished trial:
 * a missing child is created with its params, tags, step curves (history.parquet; timestamps
   spread between the trial's start and end), final metrics, status, times and run folder;
 * a child left RUNNING (the driver died) gets its missing steps, final values and status;
-* a finished child without artifacts gets its run folder;
+* a finished child that lacks some of its run folder's files (an upload cut short) gets them;
 * a RUNNING child of a trial that has no row any more (interrupted) is marked KILLED and
   `apd.interrupted`;
 * the parent gets the status counts and status only when they differ, so a second sync (or a
@@ -105,7 +105,7 @@ def sync_runs(tracker: Tracker, sweep: ValidatedSweep, out: Path, store: Results
                 _log_steps(tracker, store, row, run_id, skip=tracker.logged_steps(run_id, _first_key(store, tid)))
                 tracker.end_trial(run_id, outcomes[tid], end_ms=_ms(row.get("end_time")))
                 report.completed += 1
-            if folder.is_dir() and not tracker.has_artifacts(run_id):
+            if folder.is_dir() and tracker.lacks_artifacts(run_id, folder):
                 tracker.log_artifacts(run_id, folder)
                 report.artifacts += 1
             elif run.info.status != "RUNNING":

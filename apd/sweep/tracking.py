@@ -55,6 +55,8 @@ HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    # else every finished run over HTTP costs one more call and prints two "View run" lines
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 NOTE = """\
 **apd sweep {name}**: one parent run (`apd.kind = sweep`) with the status counts; one nested child
@@ -328,8 +330,17 @@ class Tracker:
     def log_artifacts(self, run_id: str, directory: Path) -> None:
         self.client.log_artifacts(run_id, str(directory))
 
-    def has_artifacts(self, run_id: str) -> bool:
-        return bool(self.client.list_artifacts(run_id))
+    def artifact_paths(self, run_id: str, path: str | None = None) -> set[str]:
+        """Every file the run holds as an artifact (relative paths)."""
+        found: set[str] = set()
+        for info in self.client.list_artifacts(run_id, path):
+            found |= self.artifact_paths(run_id, info.path) if info.is_dir else {info.path}
+        return found
+
+    def lacks_artifacts(self, run_id: str, directory: Path) -> bool:
+        """Whether some file of `directory` is not among the run's artifacts (an upload cut short)."""
+        local = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()}
+        return bool(local - self.artifact_paths(run_id))
 
     def logged_steps(self, run_id: str, keys: Iterator[str] | Sequence[str]) -> set[int]:
         """Steps at which every one of `keys` was logged already (what a replay can skip)."""

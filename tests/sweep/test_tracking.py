@@ -102,6 +102,12 @@ def test_unreachable_tracking_costs_one_warning_and_sync_replays_it(
     assert "parent run unchanged, 0 trial runs created, 2 unchanged" in capsys.readouterr().out
     _, _, again, children_again = runs_of(replay, "s")
     assert again.info.end_time == parent.info.end_time and sorted(children_again) == sorted(children)
+    # an upload cut short (the server died during it) is completed
+    stored = Path(children["t0001"].info.artifact_uri.removeprefix("file://"))
+    (stored / "components.pt").unlink()
+    assert cli.main(["sync", str(out), "--tracking-uri", replay]) == 0
+    assert "0 trial runs created, 1 given their artifacts, 1 unchanged" in capsys.readouterr().out
+    assert (stored / "components.pt").is_file()
 
 
 def test_mlflow_opens_on_the_trials_optuna_links_them_and_a_noop_resume_changes_nothing(
