@@ -142,7 +142,10 @@ class Progress:
     def _draw(self) -> None:
         text = self.line()
         if self.tty:
-            width = os.get_terminal_size(self.stream.fileno()).columns if hasattr(self.stream, "fileno") else 100
+            try:
+                width = os.get_terminal_size(self.stream.fileno()).columns or 120  # 0: size unknown
+            except (AttributeError, OSError, ValueError):
+                width = 120
             self.stream.write(CLEAR + text[: max(20, width - 1)])
             self._shown = True
         else:
