@@ -201,7 +201,7 @@ def _open_tracking(
         return parent
 
     def resync(t: Tracker) -> str:
-        report = sync_runs(t, sweep, out, recorder.store, handle.uid)
+        report = sync_runs(t, sweep, out, recorder.store, handle.uid, handle.parent_run_id)
         if report.changed:
             recorder.echo(f"MLflow: {report.describe()}")
         if report.ids_changed:

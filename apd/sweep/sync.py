@@ -73,13 +73,22 @@ def _point(row: dict[str, Any]) -> TrialPoint:
     return TrialPoint(int(tid[1:]), tid, int(row["seed"]), int(row["draw"]), row["setting_id"], row["params"])
 
 
-def sync_runs(tracker: Tracker, sweep: ValidatedSweep, out: Path, store: ResultsStore, uid: str) -> SyncReport:
-    """Make the MLflow store hold what OUT holds (module docstring); `tracker.open` was called."""
+def sync_runs(
+    tracker: Tracker,
+    sweep: ValidatedSweep,
+    out: Path,
+    store: ResultsStore,
+    uid: str,
+    known_parent: str | None = None,
+) -> SyncReport:
+    """Make the MLflow store hold what OUT holds (module docstring); `tracker.open` was called.
+    `known_parent`: the parent run id the study recorded (found by it when it lacks the uid tag)."""
+    from apd.sweep.tracking import KIND_TAG
 
     report = SyncReport()
     rows = [store.rows[k] for k in sorted(store.rows)]
     finished = [r for r in rows if r["status"] != "RUNNING"]
-    parent = tracker.find_sweep(uid)
+    parent = tracker.find_sweep(uid, known_parent)
     if parent is None:
         starts = [_ms(r["start_time"]) for r in rows if r.get("start_time") is not None]
         spec = sweep.resolved_dict() | {"output": str(out)}
@@ -101,6 +110,8 @@ def sync_runs(tracker: Tracker, sweep: ValidatedSweep, out: Path, store: Results
             report.created += 1
         else:
             run_id = run.info.run_id
+            if KIND_TAG not in run.data.tags:  # a run from before the tag: the saved view filters on it
+                tracker.client.set_tag(run_id, KIND_TAG, "trial")
             if run.info.status == "RUNNING":
                 _log_steps(tracker, store, row, run_id, skip=tracker.logged_steps(run_id, _first_key(store, tid)))
                 tracker.end_trial(run_id, outcomes[tid], end_ms=_ms(row.get("end_time")))
@@ -221,7 +232,7 @@ def make_tracker(sweep: ValidatedSweep, out: Path, uri: str | None) -> Tracker:
 
 def sync_main(args: argparse.Namespace) -> int:
     from apd.sweep.results import ResultsStore
-    from apd.sweep.study import UID_ATTR, load_study
+    from apd.sweep.study import PARENT_RUN_ATTR, UID_ATTR, load_study
 
     out = Path(args.out).resolve()
     if not (out / SPEC_FILE).is_file():
@@ -241,7 +252,7 @@ def sync_main(args: argparse.Namespace) -> int:
             raise ConfigError(f"{out}: no trial rows to sync (apd sweep --resume --out {out} rebuilds them)")
         try:
             tracker.open(sweep.name)
-            report = sync_runs(tracker, sweep, out, store, str(uid))
+            report = sync_runs(tracker, sweep, out, store, str(uid), study.user_attrs.get(PARENT_RUN_ATTR))
         except Exception as e:
             raise ConfigError(f"sync: MLflow at {tracker.uri} failed ({one_line(e)})") from None
         if report.ids_changed:

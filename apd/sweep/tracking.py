@@ -30,6 +30,7 @@ from urllib.parse import quote
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 
 from apd.sweep.spec import STEP_KEYS, ValidatedSweep
 from apd.sweep.trial import TrialOutcome, TrialPoint
@@ -217,13 +218,23 @@ class Tracker:
             self.client.log_batch(self.parent_id, params=params[i : i + 100])
         return self.parent_id
 
-    def find_sweep(self, uid: str) -> Run | None:
+    def find_sweep(self, uid: str, known_id: str | None = None) -> Run | None:
+        """The sweep's parent run in this store: the one tagged with `uid`, else `known_id` (the
+        parent a sweep from before the tag recorded in its study), which then gets the tag."""
         query = f"tags.`{KIND_TAG}` = 'sweep' and tags.`{UID_TAG}` = '{uid}'"
         runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2)
-        if runs:
-            self.parent_id = runs[0].info.run_id
-            return runs[0]
-        return None
+        run = runs[0] if runs else None
+        if run is None and known_id is not None:
+            try:
+                run = self.client.get_run(known_id)
+            except MlflowException:  # not in this store
+                return None
+            if run.info.experiment_id != self.experiment_id or run.data.tags.get(KIND_TAG) != "sweep":
+                return None
+            self.client.set_tag(known_id, UID_TAG, uid)
+        if run is not None:
+            self.parent_id = run.info.run_id
+        return run
 
     def reopen_sweep(self) -> None:
         assert self.parent_id is not None

@@ -153,7 +153,18 @@ def test_mlflow_opens_on_the_trials_optuna_links_them_and_a_noop_resume_changes_
     assert (after.info.status, after.info.end_time) == ("FINISHED", parent.info.end_time)
     assert {k: r.info.end_time for k, r in children_after.items()} == {k: r.info.end_time for k, r in children.items()}
 
+    # a sweep from before the uid tag: its parent is found by the id the study recorded, and tagged
+    client.delete_tag(parent.info.run_id, "apd.sweep_uid")
+    for run in children.values():
+        client.delete_tag(run.info.run_id, "apd.kind")
+    study.set_user_attr("apd.sweep_uid", "0123abcd")
     capsys.readouterr()
+    assert cli.main(["sync", str(out)]) == 0
+    assert "parent run unchanged, 0 trial runs created, 2 unchanged" in capsys.readouterr().out
+    _, _, adopted, children_after = runs_of(uri, "s")
+    assert adopted.info.run_id == parent.info.run_id and adopted.data.tags["apd.sweep_uid"] == "0123abcd"
+    assert {r.data.tags["apd.kind"] for r in children_after.values()} == {"trial"}
+
     assert cli.main(["status", str(out)]) == 0
     status = capsys.readouterr().out.splitlines()
     assert status[1] == "driver: none (no sweep driver holds OUT)"
