@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -183,3 +184,22 @@ def test_out_that_is_a_file_or_unwritable(tiny_target: Path, tmp_path: Path) -> 
         inline(spec, tmp_path / "file")
     with pytest.raises(OutputError, match=r"file/out: cannot write \(Not a directory\)"):
         inline(spec, tmp_path / "file" / "out")
+
+
+def test_ray_engine_stops_when_out_cannot_be_written(
+    ray_local: None, tiny_target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = sweep_dict(tiny_target, search={"algorithm": "random", "n_trials": 2, "seed": 0}, max_concurrent=1)
+    spec, out = write_sweep(tmp_path / "s.yaml", data), tmp_path / "out"
+    disk = FullDisk(monkeypatch)
+    disk.full = lambda table, path: "status" in table.column_names and "COMPLETE" in table.column("status").to_pylist()
+    start = time.monotonic()
+    with pytest.raises(OutputError, match=r"trials.parquet: cannot write \(No space left on device\); make room"):
+        sweep_main(args(spec, out))
+    assert time.monotonic() - start < 120  # the experiment ended: no trial ran on with nothing saved
+    assert {t: r["status"] for t, r in trial_rows(out).items()} == {"t0000": "RUNNING"}
+    # room again: the resume reruns t0000 (stopped before it was recorded) and runs the rest
+    disk.full = lambda table, path: False
+    assert sweep_main(args(None, out, resume=True)) == 0
+    rows = trial_rows(out)
+    assert "t0000" not in rows and len(rows) == 4 and {r["status"] for r in rows.values()} == {"COMPLETE"}
