@@ -200,12 +200,14 @@ def _open_tracking(
         t.share_view(sweep)
         return parent
 
+    ids_changed = False
+
     def resync(t: Tracker) -> str:
+        nonlocal ids_changed
         report = sync_runs(t, sweep, out, recorder.store, handle.uid, handle.parent_run_id)
         if report.changed:
             recorder.echo(f"MLflow: {report.describe()}")
-        if report.ids_changed:
-            recorder.store.write()
+        ids_changed = report.ids_changed
         t.share_view(sweep)
         if remaining:
             t.reopen_sweep()
@@ -213,6 +215,8 @@ def _open_tracking(
         return t.parent_id
 
     parent = recorder.track("sync" if resume else "start_sweep", resync if resume else start)
+    if ids_changed:  # rows got the ids of runs the sync created (outside `track`: a failed write is fatal)
+        recorder.store.write()
     if parent is not None and recorder.tracker is not None:
         handle.set_parent_run_id(parent)
         handle.study.set_user_attr(TRACKING_ATTR, recorder.tracker.uri)
