@@ -104,6 +104,18 @@ def _sweep(args: argparse.Namespace) -> int:
     return sweep_main(args)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from apd.sweep.status import status_main
+
+    return status_main(args)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from apd.sweep.sync import sync_main
+
+    return sync_main(args)
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from apd.analysis.report import analyze_main
 
@@ -149,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_args(p)
     p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("status", help="progress of a sweep (running elsewhere, or finished) from its folder")
+    from apd.sweep.status import add_status_args
+
+    add_status_args(p)
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("sync", help="replay a sweep's results from its folder into MLflow (idempotent)")
+    from apd.sweep.sync import add_sync_args
+
+    add_sync_args(p)
+    p.set_defaults(func=_sync)
 
     p = sub.add_parser("analyze", help="report which settings recover the ground truth")
     from apd.analysis.report import add_analyze_args

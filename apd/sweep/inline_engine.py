@@ -8,7 +8,6 @@ row and MLflow run, told and recorded as soon as it ends.
 
 from __future__ import annotations
 
-import math
 import socket
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import optuna
 import torch
 
 from apd.sweep.recorder import Recorder
-from apd.sweep.space import PackDrawer, make_pruner, make_sampler, make_space, pruning_sign
+from apd.sweep.space import PackDrawer, intermediate_value, make_pruner, make_sampler, make_space
 from apd.sweep.spec import ValidatedSweep
 from apd.sweep.study import StudyHandle
 from apd.sweep.trial import TrialContext, TrialOutcome, TrialPoint, resolve_pack, run_pack_trial, run_trial
@@ -64,15 +63,14 @@ def _run(
     sweep: ValidatedSweep, ctx: TrialContext, trial: optuna.Trial, point: TrialPoint, recorder: Recorder, node: str
 ) -> TrialOutcome:
     prune = sweep.spec.pruning.algorithm != "none"
-    key, sign = sweep.spec.pruning.metric, pruning_sign(sweep)
     pruned = [False]
 
     def on_step(record: dict[str, float]) -> None:
         recorder.step(point.trial_id, record, node)
-        value = record.get(key)
-        if prune and value is not None and math.isfinite(value):
-            trial.report(sign * value, int(record["step"]))
-            pruned[0] = pruned[0] or trial.should_prune()
+        value = intermediate_value(sweep, record)
+        if value is not None:
+            trial.report(value, int(record["step"]))
+            pruned[0] = pruned[0] or (prune and trial.should_prune())
 
     return run_trial(
         ctx,
@@ -98,8 +96,7 @@ def _run_packs(
     drawer = PackDrawer(study, sweep, size, remaining)
     while pack := drawer.next_pack():
         trials = {point.trial_id: trial for trial, point in pack}
-        for _, point in pack:
-            recorder.started(point)
+        recorder.started(*(point for _, point in pack))
 
         def on_end(tid: str, outcome: TrialOutcome, trials: dict[str, optuna.Trial] = trials) -> None:
             recorder.ended(tid, outcome)

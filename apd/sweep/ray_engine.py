@@ -13,14 +13,15 @@ one up to K Optuna trials, and its reports carry every member's record, the memb
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import secrets
 import shutil
-import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,7 +35,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from apd.errors import ConfigError
 from apd.sweep.recorder import Recorder
-from apd.sweep.space import PackDrawer, make_sampler, make_space
+from apd.sweep.space import PackDrawer, intermediate_value, make_sampler, make_space
 from apd.sweep.spec import ValidatedSweep
 from apd.sweep.study import StudyHandle
 from apd.sweep.trial import (
@@ -51,42 +52,106 @@ STATE_FILE = "checkpoint.pt"
 PACK = "apd_pack"
 """The config key of a pack trial: its members' points."""
 RUNS_DIR = "runs"
+AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Ray's switch for a machine-local cluster (its default on macOS and Windows): with it at 0 the
+node's address is 127.0.0.1, and gcs_server, raylet, workers and agents listen on loopback only."""
+INIT_KWARGS: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
 
 
 def ray_environment(local: bool) -> None:
-    """Quiet, private and CI-safe Ray settings (stack notes 1 and 3), set before `ray.init`."""
+    """Quiet and CI-safe Ray settings (stack notes 1 and 3), set before `ray.init`."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # else verbose=0 still prints a config box
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # step and final reports carry different keys on purpose (the objective exists only at the end)
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    if local:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster needs no token
 
 
 def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def connect(address: str | None) -> bool:
-    """Attach to `address` (or RAY_ADDRESS), else start a private local Ray; True if we started it.
+def _reload_ray_settings() -> None:
+    """Make an already imported Ray see the environment again: its local-only switch is read at
+    import, its auth mode and token are cached by the C++ core (Ray's own test helpers do this)."""
+    from ray._common.utils import env_bool
+    from ray._private import ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+    ray_constants.ENABLE_RAY_CLUSTER = env_bool(LOCAL_ONLY_ENV, not ray_constants.IS_WINDOWS_OR_OSX)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextlib.contextmanager
+def private_environment() -> Iterator[Path]:
+    """The settings of a private local Ray, undone on exit: every listener on loopback, and token
+    auth with a fresh random token for this Ray alone (0600, in a 0700 temp dir; never
+    ~/.ray/auth_token), so other users of the machine cannot use it either. Yields the token file."""
+    saved = {k: os.environ.get(k) for k in (*AUTH_ENV, LOCAL_ONLY_ENV)}
+    folder = Path(tempfile.mkdtemp(prefix="apd-ray-auth-"))
+    token = folder / "token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
+    os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), LOCAL_ONLY_ENV: "0"}
+    _reload_ray_settings()
+    try:
+        yield token
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _reload_ray_settings()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def local_ray(**init_kwargs: Any) -> Iterator[None]:
+    """A private local Ray (`private_environment`) for the duration of the block."""
+    ray_environment(local=True)
+    with private_environment():
+        try:
+            ray.init(address="local", **(INIT_KWARGS | init_kwargs))
+        except Exception as e:
+            # Ray gives its raylet a fixed 30 s to register: an overloaded machine can miss that once
+            if "timed out during startup" not in str(e):
+                raise
+            ray.shutdown()
+            ray.init(address="local", **(INIT_KWARGS | init_kwargs))
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def session(address: str | None) -> Iterator[None]:
+    """Attach to `address` (or RAY_ADDRESS), else start a private local Ray, for the block; a Ray
+    already initialised in this process is used as it is.
 
     Never a bare `ray.init()`: it silently joins whatever cluster /tmp/ray remembers.
     """
     if ray.is_initialized():
-        return False
+        yield
+        return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    ray_environment(local=address is None)
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-    try:
-        if address is None:
-            ray.init(address="local", num_cpus=available_cpus(), **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise ConfigError(f"--address {address or 'local'}: cannot start or reach Ray ({one_line(e)})") from None
-    return True
+    with contextlib.ExitStack() as stack:
+        try:
+            if address is None:
+                stack.enter_context(local_ray(num_cpus=available_cpus()))
+            else:
+                ray_environment(local=False)
+                ray.init(address=address, **INIT_KWARGS)
+                stack.callback(ray.shutdown)
+        except Exception as e:  # ConnectionError, RuntimeError, a bare Exception for a startup timeout, ...
+            raise ConfigError(f"--address {address or 'local'}: cannot start or reach Ray ({one_line(e)})") from None
+        yield
 
 
 def check_resources(sweep: ValidatedSweep) -> None:
@@ -255,12 +320,26 @@ class PruneAwareOptunaSearch(OptunaSearch):  # type: ignore[misc]
     """OptunaSearch that tells Optuna PRUNED for ASHA-stopped trials (stock: COMPLETE with an early
     value), FAIL for failed or diverged ones, and leaves interrupted trials RUNNING for resume."""
 
-    def __init__(self, *args: Any, stopped: set[str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, sweep: ValidatedSweep, stopped: set[str], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.stopped = stopped
+        self.sweep, self.stopped = sweep, stopped
+        self.reported: dict[str, set[int]] = {}
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        return  # pruning is ASHA's; step values live in history.parquet
+        """Store the step's intermediate value in the study (pruning itself is ASHA's). A retried
+        trial resends the steps since its checkpoint: each step is reported once."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or result.get("apd.kind") != "step":
+            return
+        # searchers get the result flattened: the record's keys arrive as "apd.record/<key>"
+        record = result.get("apd.record") or {
+            k.removeprefix("apd.record/"): v for k, v in result.items() if k.startswith("apd.record/")
+        }
+        step, value = int(result["apd.step"]), intermediate_value(self.sweep, record)
+        done = self.reported.setdefault(trial_id, set())
+        if value is not None and step not in done:
+            done.add(step)
+            ot_trial.report(value, step)
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to pickle: the study lives in OUT/optuna.db and resume starts a new Tuner on it
@@ -345,10 +424,14 @@ class RecorderCallback(tune.Callback):  # type: ignore[misc]
     def __init__(self, recorder: Recorder, stopped: set[str]) -> None:
         self.recorder, self.stopped = recorder, stopped
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config for `Tuner.restore` (never used: sweeps resume their own way);
+        # the recorder holds locks, files and a live progress thread
+        return {"recorder": None, "stopped": set()}
+
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         def start() -> None:
-            for point in _points(trial):
-                self.recorder.started(point)
+            self.recorder.started(*_points(trial))
 
         self._safe(start)
 
@@ -402,12 +485,28 @@ class RecorderCallback(tune.Callback):  # type: ignore[misc]
         self._safe(record)
         self._safe(lambda: drop_checkpoints(trial))
 
-    @staticmethod
-    def _safe(fn: Callable[[], None]) -> None:
+    def _safe(self, fn: Callable[[], None]) -> None:
         try:
             fn()
         except Exception as e:
-            print(f"warning: recording a trial event failed ({one_line(e)})", file=sys.stderr)
+            if self.recorder.fatal is None:  # a fatal error is reported once, when the run stops
+                self.recorder.echo(f"warning: recording a trial event failed ({one_line(e)})", err=True)
+
+
+class FatalStopper(tune.Stopper):  # type: ignore[misc]
+    """Ends the experiment once the recorder cannot write OUT: nothing a trial does is kept then."""
+
+    def __init__(self, recorder: Recorder | None) -> None:
+        self.recorder = recorder
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.recorder is not None and self.recorder.fatal is not None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"recorder": None}  # as RecorderCallback
 
 
 def drop_checkpoints(trial: Any) -> None:
@@ -471,6 +570,7 @@ def run_ray(
             sampler=make_sampler(sweep, handle.attempt),
             study_name=handle.name,
             storage=handle.storage,
+            sweep=sweep,
             stopped=stopped,
         )
     tune_log = logging.getLogger("ray.tune.tune")
@@ -493,12 +593,19 @@ def run_ray(
             storage_path=str((out / "ray").resolve()),
             verbose=0,
             callbacks=[RecorderCallback(recorder, stopped)],
+            stop=FatalStopper(recorder),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             # >= 3: a restore can otherwise race the deletion of the checkpoint it needs (pitfall 5)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception:
+        if recorder.fatal is None:
+            raise
+    if recorder.fatal is not None:
+        raise recorder.fatal
 
 
 def _scheduler(sweep: ValidatedSweep, stopped: set[str]) -> TrialScheduler:

@@ -14,13 +14,15 @@
 File metadata: `apd_schema_version`, `apd_sweep`, `apd_engine`, `apd_objectives` (JSON list of
 {metric, mode}). Files are written to a temp file and `os.replace`d, so a killed sweep always
 leaves complete files holding every trial that had ended (and the running ones as RUNNING).
+A file that cannot be read on resume is moved aside (`NAME.corrupt-<time>`), never overwritten,
+and its rows are rebuilt from the study and the run folders (`apd.sweep.study.reconcile`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -200,10 +202,32 @@ def read_table(path: Path) -> pa.Table:
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write next to `path`, then rename over it: readers never see a half-written file."""
+    """Write next to `path`, then rename over it: readers never see a half-written file (and a
+    failed write, e.g. a full disk, leaves the previous file and no temp file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_or_move_aside(path: Path, echo: Callable[[str], None]) -> pa.Table | None:
+    """The table at `path`; None when there is none, or when it is unreadable (truncated by a
+    kill, garbage): then it is renamed `NAME.corrupt-<time>` (kept, never overwritten), with a line
+    saying so."""
+    if not path.is_file():
+        return None
+    try:
+        return read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        os.replace(path, aside)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        echo(f"{path}: unreadable ({first}); moved to {aside.name}, rebuilding it")
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,16 +244,19 @@ class ResultsStore:
         self._targets: dict[str, dict[str, Any]] = {}
 
     @classmethod
-    def load(cls, out: Path, sweep: ValidatedSweep, engine: str) -> ResultsStore:
-        """Continue from the files a previous run of this sweep left (resume)."""
+    def load(
+        cls, out: Path, sweep: ValidatedSweep, engine: str, *, echo: Callable[[str], None] = print
+    ) -> ResultsStore:
+        """Continue from the files a previous run of this sweep left (resume). An unreadable file is
+        moved aside (`read_or_move_aside`); the study's reconcile rebuilds what it held."""
         store = cls(out, sweep, engine)
-        if (out / TRIALS_FILE).is_file():
-            for row in read_table(out / TRIALS_FILE).to_pylist():
-                store.rows[row["trial_id"]] = store._internal(row)
-        if (out / HISTORY_FILE).is_file():
-            for rec in read_table(out / HISTORY_FILE).to_pylist():
-                tid, step = rec.pop("trial_id"), int(rec.pop("step"))
-                store.history.setdefault(tid, {})[step] = {k: v for k, v in rec.items() if v is not None}
+        trials = read_or_move_aside(out / TRIALS_FILE, echo)
+        for row in trials.to_pylist() if trials is not None else []:
+            store.rows[row["trial_id"]] = store._internal(row)
+        history = read_or_move_aside(out / HISTORY_FILE, echo)
+        for rec in history.to_pylist() if history is not None else []:
+            tid, step = rec.pop("trial_id"), int(rec.pop("step"))
+            store.history.setdefault(tid, {})[step] = {k: v for k, v in rec.items() if v is not None}
         return store
 
     def _internal(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ its own trial (noise included). Grid search enqueues every point times every see
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Collection
 from typing import Any, Literal
@@ -32,6 +33,8 @@ DRAW_ATTR = "apd.draw"
 INTERRUPTED_ATTR = "apd.interrupted"
 """Set on a trial the driver lost (killed sweep); it does not count and was enqueued again."""
 RERUN_ATTR = "apd.rerun_of"
+TRIAL_ID_ATTR = "apd.trial_id"
+"""The trial's id in OUT (`t0003`): its row, run folder and MLflow run name."""
 
 Space = Callable[[optuna.Trial], dict[str, Any]]
 
@@ -66,6 +69,7 @@ def make_space(sweep: ValidatedSweep) -> Space:
             trial.set_user_attr(SEED_ATTR, seed)  # last: a trial with a seed has its whole point
             enqueue_replicas(trial.study, sweep, params, draw, held={replica_key(sweep, params, seed)})
         point = TrialPoint(trial.number, trial_id_of(trial.number), seed, draw, setting_id(params), params)
+        trial.set_user_attr(TRIAL_ID_ATTR, point.trial_id)
         return {"apd": point.to_dict()}
 
     return space
@@ -145,6 +149,18 @@ def pruning_sign(sweep: ValidatedSweep) -> float:
     when its mode differs (e.g. prune on total_loss, min, while maximising mmcs)."""
     obj_min = sweep.spec.objective[0].mode == "min"
     return 1.0 if obj_min == (sweep.spec.pruning.mode == "min") else -1.0
+
+
+def intermediate_value(sweep: ValidatedSweep, record: dict[str, float]) -> float | None:
+    """What a trial reports to Optuna at a step (`trial.report`, shown by optuna-dashboard): the
+    pruning metric, negated as `pruning_sign` says when a pruner reads it. None when Optuna takes
+    none (multi-objective studies) or the value is not finite."""
+    if sweep.spec.multi_objective:
+        return None
+    value = record.get(sweep.spec.pruning.metric)
+    if value is None or not math.isfinite(value):
+        return None
+    return pruning_sign(sweep) * value if sweep.spec.pruning.algorithm != "none" else float(value)
 
 
 class PackDrawer:

@@ -7,6 +7,7 @@ DIVERGED outcome with a one-line reason, so one bad trial never stops a sweep.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,8 @@ Status = Literal["COMPLETE", "PRUNED", "FAILED", "DIVERGED", "RUNNING"]
 FINISHED: tuple[Status, ...] = ("COMPLETE", "PRUNED", "FAILED", "DIVERGED")
 FORWARDED_ENV = ("APD_CACHE_DIR",)
 """Driver environment the workers need (where trained targets are cached)."""
+HISTORY_FILE = "history.jsonl"
+"""The run folder's step records, one JSON object a line (what rebuilds history.parquet if lost)."""
 
 
 def trial_id_of(number: int) -> str:
@@ -112,9 +115,12 @@ def run_trial(
     except ValidationError as e:  # an interior point can break a rule its validated corners kept
         return TrialOutcome("FAILED", error=format_sweep_error(e, "config"), node=node)
 
+    records: list[dict[str, float]] = []
+
     def step_hook(record: Any) -> None:
+        records.append(step_dict(record.as_dict()))
         if on_step is not None:
-            on_step(step_dict(record.as_dict()))
+            on_step(records[-1])
 
     try:
         result = run_decomposition(
@@ -128,6 +134,9 @@ def run_trial(
         )
     except Exception as e:
         return TrialOutcome("FAILED", error=one_line(e), node=node)
+    if out_dir is not None and out_dir.is_dir():
+        # a run resumed from a checkpoint (Ray retry) holds only the records since then
+        (out_dir / HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     return judge_run(result.status, result.steps_done, result.metrics, result.error, ctx.sweep.spec.objective, node)
 
 
@@ -248,3 +257,25 @@ def resolve_pack(sweep: ValidatedSweep, remaining: int) -> int:
         point = next(iter(corner_points(sweep.spec.parameters)))
         pack = measure_pack_size(sweep.config(point, sweep.spec.seeds[0]))
     return max(1, min(pack, remaining))
+
+
+COUNT_KEYS = ("n_complete", "n_pruned", "n_failed", "n_diverged", "n_running", "n_done", "n_trials")
+"""A sweep's status counts: the MLflow parent run's metrics (all of them, zeros included)."""
+
+
+def trial_config(sweep: ValidatedSweep, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """A trial's resolved config, logged as its parameters (the raw dict if it does not validate)."""
+    try:
+        return sweep.config(params, seed).to_dict()
+    except ValueError:  # pydantic's ValidationError: an interior point broke a rule
+        return sweep.config_dict(params, seed)
+
+
+def trial_tags(sweep: ValidatedSweep, params: Mapping[str, Any], seed: int, engine: str) -> dict[str, str]:
+    target = sweep.config_dict(params, seed).get("target") or {}
+    return {
+        "apd.sweep": sweep.name,
+        "apd.experiment": sweep.spec.experiment,
+        "apd.target": str(target.get("name") or target.get("path")),
+        "apd.engine": engine,
+    }
