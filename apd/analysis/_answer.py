@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from apd.analysis._columns import fmt_value, is_missing, param_columns, short, yaml_value
-from apd.analysis._outcomes import failure_counts
+from apd.analysis._outcomes import failure_counts, instances
 from apd.analysis._settings import format_rate
 
 
@@ -101,13 +101,14 @@ def answer(
         )
         return (
             f"{len(good)} of {n_set} {unit} recovered {label} ({rule}): "
-            f"{evidence(trials[trials['judged'] & inside])}{need}{fails}."
+            f"{evidence(trials[trials['judged'] & inside])}{need}{fails}.{why_phrase(trials, judged_settings, ranked)}"
         )
     counts = failure_counts(trials)
     if n_inst_rec == 0:
         return (
             f"No trial of {label} recovered the ground truth (0/{n_inst} instances over {len(judged)} judged seeds "
             f"in {n_set} {unit}); the instances fail by {_modes_text(counts, n_inst)}."
+            f"{why_phrase(trials, judged_settings, ranked)}"
         )
     best = judged_settings.sort_values(["rate", "n_judged"], ascending=False).iloc[0]
     params = ", ".join(f"{short(c)}={fmt_value(best[c])}" for c in param_columns(settings) if not is_missing(best[c]))
@@ -121,8 +122,55 @@ def answer(
         f"No setting of {label} recovered ({rule}; 0 of {n_set} {unit}), "
         f"but {evidence(judged)} did; the best setting recovered {best['recovery']} instances "
         f"over {int(best['n_judged'])} seeds ({params or 'no swept parameters'}). "
-        f"The failing instances fail by {_modes_text(counts, n_inst - n_inst_rec)}.{few}"
+        f"The failing instances fail by {_modes_text(counts, n_inst - n_inst_rec)}."
+        f"{why_phrase(trials, judged_settings, ranked)}{few}"
     )
+
+
+def why_phrase(trials: pd.DataFrame, settings: pd.DataFrame, ranked: Sequence[str]) -> str:
+    """How failures differ on either side of the best setting along the most important numeric parameter:
+    ` Below topk 0.211 instances fail mostly by non-distinct matching (32/36); above it by low ML2R (35/36).`
+
+    Each side names the failure mode most typical of it: the largest excess of its share of that side's
+    instances over its share of the other side's (modes every failing instance has say nothing about
+    where the boundary lies). Empty when no numeric parameter varies or no side fails.
+    """
+    judged = settings[settings["n_judged"] > 0] if len(settings) else settings
+    numeric = [
+        p
+        for p in ranked
+        if p in judged.columns
+        and pd.api.types.is_numeric_dtype(judged[p])
+        and not pd.api.types.is_bool_dtype(judged[p])
+        and judged[p].nunique() > 1
+    ]
+    if not numeric or judged.empty:
+        return ""
+    param = numeric[0]
+    best = judged.sort_values(["rate", "n_judged"], ascending=False).iloc[0][param]
+    inst = instances(trials)
+    if param not in inst.columns or inst.empty:
+        return ""
+    sides = {"below": inst[inst[param] < best], "above": inst[inst[param] > best]}
+    parts = []
+    for side, rows in sides.items():
+        other = inst[(inst[param] > best) if side == "below" else (inst[param] < best)]
+        failed = rows[~rows["success"]]
+        if failed.empty:
+            continue
+        share = failed.explode("modes")["modes"].value_counts() / len(rows)
+        if len(other):
+            other_share = other[~other["success"]].explode("modes")["modes"].value_counts() / len(other)
+            share = share - other_share.reindex(share.index).fillna(0.0)
+        mode = str(share.idxmax())
+        k = int(failed["modes"].apply(lambda m, mode=mode: mode in m).sum())
+        parts.append(
+            f"{side} {short(param)} {fmt_value(best)} instances fail mostly by {mode} ({format_rate(k, len(rows))})"
+        )
+    if not parts:
+        return ""
+    text = "; ".join(parts)
+    return f" {text[0].upper()}{text[1:]}."
 
 
 def _status_text(trials: pd.DataFrame) -> str:

@@ -156,3 +156,34 @@ def test_outcomes() -> None:
     ]
     assert df["judged"].sum() == 8
     assert df.loc["b2", "failure_modes"] == ["diverged"] and df.loc["a0", "failure_modes"] == []
+
+
+def _boundary_frame() -> pd.DataFrame:
+    # one-instance trials of a TMS, 2 seeds per topk: 0.1 fails by non-distinct matching (both seeds,
+    # one also by low MMCS), 0.2 recovers, 0.3 fails by split features (both) and low MMCS (one)
+    rows = []
+    for topk, checks in {
+        0.1: [{"one_to_one": 0, "mmcs": 0, "split": 1}, {"one_to_one": 0, "mmcs": 1, "split": 1}],
+        0.2: [{"one_to_one": 1, "mmcs": 1, "split": 1}] * 2,
+        0.3: [{"one_to_one": 1, "mmcs": 0, "split": 0}, {"one_to_one": 1, "mmcs": 1, "split": 0}],
+    }.items():
+        for seed, c in enumerate(checks):
+            ok = all(c.values())
+            metrics = {f"metric.check_{k}_per_instance": [v] for k, v in c.items()}
+            metrics |= {"metric.family": "tms", "metric.recovered_per_instance": [int(ok)]}
+            extra = {"n_instances": 1, "family": "tms", "out": "o"}
+            rows.append(_trial(f"t{topk}{seed}", topk, seed, "COMPLETE", ok, **extra) | metrics)
+    return pd.DataFrame(rows)
+
+
+def test_the_answer_says_how_failures_differ_on_either_side_of_the_best_setting() -> None:
+    from apd.analysis._answer import why_phrase
+
+    df = add_outcomes(with_setting_ids(_boundary_frame()))
+    table = settings_table(df, min_seeds=2)
+    # low MMCS fails on both sides (1/2 each: no excess), so each side names its own mode
+    assert why_phrase(df, table, ["param.topk"]) == (
+        " Below topk 0.2 instances fail mostly by non-distinct matching (2/2); "
+        "above topk 0.2 instances fail mostly by split features (2/2)."
+    )
+    assert why_phrase(df, table, []) == ""  # no numeric parameter ranked: nothing to say
