@@ -106,12 +106,13 @@ class Components(Decomposition):
     def normalize_A_(self) -> None:
         """Unit L2 norm for every column `A[i, c, :, m]` (unit_norm_matrices)."""
         for a in self.A.values():
-            a.div_(a.norm(dim=-2, keepdim=True))
+            # a dot product over d_in: 4x faster on the CPU than `norm(dim=-2)`, which reduces a strided axis
+            a.div_(torch.linalg.vecdot(a, a, dim=-2).sqrt_().unsqueeze(-2))
 
     @torch.no_grad()
     def project_A_grads_(self) -> None:
         """Remove the gradient component parallel to each unit-norm column of A."""
         for a in self.A.values():
             if a.grad is not None:
-                parallel = (a.grad * a).sum(dim=-2, keepdim=True)
-                a.grad.sub_(parallel * a)
+                parallel = torch.linalg.vecdot(a.grad, a, dim=-2).unsqueeze(-2)  # (I, C, 1, m)
+                a.grad.addcmul_(parallel, a, value=-1.0)  # in place: no A-sized temporary
