@@ -99,7 +99,8 @@ def setup(case: str, implementation: str, device: str, overrides: dict[str, Any]
     spec = get_spec(cfg.target.name)
     model = build_model(spec, seed=0).to(dev).eval().requires_grad_(False)  # type: ignore[arg-type]
     comps = make_components(cfg, model, dev)
-    opt = torch.optim.AdamW(comps.parameters(), lr=cfg.lr, weight_decay=0.0)  # as apd.decompose
+    fused = dev.type in ("cpu", "cuda")  # as apd.decompose
+    opt = torch.optim.AdamW(comps.parameters(), lr=cfg.lr, weight_decay=0.0, fused=fused)
     gen = torch.Generator(device=dev).manual_seed(0)
     batches = [
         sample_batch(
