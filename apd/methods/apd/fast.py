@@ -18,7 +18,9 @@ rounding; `tests/core/test_fast.py` checks every target family and attribution t
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -64,8 +66,48 @@ def target_pass(target: Target, x: Tensor, *, graph: bool = False) -> ModelPass:
             out, cache = run_with_cache(target, x, grad_outputs=True)
     else:
         with torch.no_grad():
-            out, cache = run_with_cache(target, x)
+            fns = {layer.name: _linear_fn(target.layer_weight(layer)) for layer in target.layers}
+            out, cache = run_with_cache(target, x, fns)
     return ModelPass(x, out, cache)
+
+
+@functools.cache
+def reuse_freed_memory() -> None:
+    """Have glibc keep freed blocks below 32 MB for reuse instead of handing them back to the OS (once per process).
+
+    The step allocates the same tensors every iteration; glibc's defaults map large blocks afresh and
+    trim the heap, so every such allocation pays its page faults again (10-20% of a CPU step here).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    libc.mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's largest allowed value
+    libc.mallopt(m_trim_threshold, 2**31 - 1)
+
+
+BATCH_LAST_MAX_WIDTH = 64
+"""Targets whose decomposed layers are all at most this wide run the fast step with the batch innermost."""
+
+
+def step_layout(target: Target, x: Tensor) -> Tensor:
+    """`x` as the fast step wants it: the same values, stored `(I, d, batch)` for narrow targets.
+
+    A narrow layer's per-instance matmul `(batch, d_in) @ (d_in, d_out)` runs at a tenth of the
+    speed of `(d_out, d_in) @ (d_in, batch)` on the CPU, and elementwise work over `(batch, I, 5)`
+    rows does not vectorise; with the batch innermost every layer function below and the target's
+    own elementwise ops (which keep their input's layout) run along contiguous batch rows.
+    """
+    if max(max(shape) for shape in target.param_shapes().values()) > BATCH_LAST_MAX_WIDTH:
+        return x
+    return x.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
+def _batch_last(a: Tensor) -> bool:
+    return a.stride(0) == 1 or a.shape[0] == 1
 
 
 def needs_graph(kind: str, target: Target) -> bool:
@@ -98,31 +140,45 @@ def _squared_norm(s: Tensor) -> Tensor:
 
 
 def _tms_attr(target: Target, weights: Weights, run: ModelPass, components: Components) -> Tensor:
-    """TMS `out = ReLU(z + b)` with z linear in every layer output: `s = ReLU'(z + b) * sum_l a_l (A B M_l)`.
+    """TMS `out = ReLU(z + b)` with z linear in x: `s = ReLU'(z + b) * (x G)`, `G_c = sum_l M_<l A_c B_c M_>l`.
 
-    `M_l` is the product of the weights after layer l (identity for the last layer). `A B M_l` is
-    folded per component into `(d_l, C d_L)`, so each layer costs one batched matmul per chunk.
+    `M_<l` maps x to layer l's input and `M_>l` its output to z (products of the weights; identity
+    at the ends), so all layers fold into one `(n_in, C d_L)` matrix per instance and each chunk
+    costs one small batched matmul. Chunks are laid out `(I, C d_L, batch)`: the ReLU' mask and the
+    sum over outputs then run along contiguous memory instead of 5-wide rows.
     """
-    folds = []
-    readout: Tensor | None = None  # maps h_l to z
-    for layer in reversed(target.layers):
-        a, b = components.factors(layer)
-        bm = b if readout is None else torch.einsum("i c m e, i e o -> i c m o", b, readout)
-        folds.append((layer, _flat(a @ bm)))  # (I, d_l, C d_L)
+    layers = target.layers
+    readouts: list[Tensor | None] = []  # M_>l, last layer first
+    readout: Tensor | None = None
+    for layer in reversed(layers):
+        readouts.append(readout)
         w = weights[layer.name]
         readout = w if readout is None else w @ readout
+    fold: Tensor | None = None
+    prefix: Tensor | None = None  # M_<l
+    for layer, ro in zip(layers, reversed(readouts), strict=True):
+        a, b = components.factors(layer)
+        if prefix is not None:
+            a = torch.einsum("i x d, i c d m -> i c x m", prefix, a)
+        if ro is not None:
+            b = torch.einsum("i c m e, i e o -> i c m o", b, ro)
+        fold = a @ b if fold is None else fold + a @ b  # (I, C, n_in, d_L)
+        w = weights[layer.name]
+        prefix = w if prefix is None else prefix @ w
+    assert fold is not None
     x = run.x
-    n_inst, C, n_out = x.shape[1], components.C, run.out.shape[-1]
+    batch, n_inst, n_in = x.shape
+    C, n_out = components.C, fold.shape[-1]
+    fold_t = fold.transpose(-1, -2).reshape(n_inst, C * n_out, n_in)
     parts = []
-    for sl in batch_chunks(x.shape[0], n_inst * C * n_out, x.device):
-        s: Tensor | None = None
-        for layer, fold in folds:
-            a_l = run.cache[layer.name][0][sl].transpose(0, 1)  # (I, n, d_l)
-            s = torch.bmm(a_l, fold) if s is None else s.baddbmm_(a_l, fold)
-        assert s is not None
-        relu_grad = (run.out[sl] > 0).to(s.dtype).transpose(0, 1)  # ReLU' from its output, as autograd
-        s = s.view(n_inst, -1, C, n_out) * relu_grad.unsqueeze(2)
-        parts.append(_squared_norm(s).transpose(0, 1))
+    for sl in batch_chunks(batch, n_inst * C * n_out, x.device):
+        s = torch.bmm(fold_t, x[sl].permute(1, 2, 0))  # (I, C d_L, n), read from x in place
+        relu_grad = (run.out[sl] > 0).permute(1, 2, 0).to(s.dtype)  # ReLU' from its output, as autograd
+        # relu_grad is 0 or 1, so (s relu_grad)^2 = s^2 relu_grad; in place unless it must carry gradients
+        sq = s.view(n_inst, C, n_out, -1)
+        sq = sq.square() if sq.requires_grad else sq.square_()
+        sq = sq * relu_grad.unsqueeze(1) if sq.requires_grad else sq.mul_(relu_grad.unsqueeze(1))
+        parts.append(sq.sum(2).permute(2, 0, 1))  # (n, I, C)
     return torch.cat(parts)
 
 
@@ -213,6 +269,8 @@ def _resid_in_folds(
 AttrRule = Callable[[Target, Weights, ModelPass, Components], Tensor]
 GRADIENT_RULES: dict[type[Target], AttrRule] = {TMS: _tms_attr, ResidMLP: _resid_attr}
 """Closed-form gradient attributions by target class (exact class: a subclass may change `forward`)."""
+INNER_RULES: frozenset[type[Target]] = frozenset({ResidMLP})
+"""Closed forms that read the APD pass's `a_l A` (`ModelPass.inners`); the others take a pass at the summed weights."""
 
 
 def _autograd_attr(target: Target, run: ModelPass, components: Components) -> Tensor:
@@ -314,15 +372,23 @@ def _gradient(target: Target, components: Components, x: Tensor, run: ModelPass 
 
 def _gradient_apd(target: Target, components: Components, x: Tensor) -> Tensor:
     layers = target.layers
-    graph = type(target) not in GRADIENT_RULES
-    # the pass's `a_l A` serve the closed forms too, unless the attributions must carry gradients
-    inners: dict[str, Tensor] | None = None if graph or torch.is_grad_enabled() else {}
-    with torch.enable_grad() if graph else torch.no_grad():
-        fns = apd_layer_fns(components, layers, detach=True, record=inners)
-        out, cache = run_with_cache(target, x, fns, grad_outputs=graph)
-    run = ModelPass(x, out, cache, inners)
-    weights = apd_weights(components, layers) if not graph else {}
-    return gradient_attr(target, weights, run, components)
+    if type(target) not in GRADIENT_RULES:
+        with torch.enable_grad():
+            fns = apd_layer_fns(components, layers, detach=True)
+            out, cache = run_with_cache(target, x, fns, grad_outputs=True)
+        return gradient_attr(target, {}, ModelPass(x, out, cache), components)
+    weights = apd_weights(components, layers)
+    # the pass's `a_l A` serve the closed form too, unless the attributions must carry gradients
+    record = type(target) in INNER_RULES and not torch.is_grad_enabled()
+    inners: dict[str, Tensor] | None = {} if record else None
+    with torch.no_grad():
+        fns = (
+            apd_layer_fns(components, layers, detach=True, record=inners)
+            if record
+            else {name: _linear_fn(w) for name, w in weights.items()}
+        )
+        out, cache = run_with_cache(target, x, fns)
+    return gradient_attr(target, weights, ModelPass(x, out, cache, inners), components)
 
 
 def _activation(target: Target, components: Components, x: Tensor) -> Tensor:
@@ -377,7 +443,14 @@ def _ablation(target: Target, components: Components, x: Tensor) -> Tensor:
 
 
 def _linear_fn(w: Tensor) -> LayerFn:
-    return lambda a: torch.einsum("b i d, i d e -> b i e", a, w)
+    """`a @ w` per instance, in the layout of `a` (see `step_layout`)."""
+
+    def fn(a: Tensor) -> Tensor:
+        if _batch_last(a):
+            return torch.bmm(w.transpose(-1, -2), a.permute(1, 2, 0)).permute(2, 0, 1)
+        return torch.einsum("b i d, i d e -> b i e", a, w)
+
+    return fn
 
 
 def fast_attributions(
@@ -489,18 +562,82 @@ class ActivePairs:
         return fn
 
 
+def dense_masked_fns(components: Components, layers: tuple[Layer, ...], mask: Tensor) -> dict[str, LayerFn]:
+    """`sum_c mask_c (a A_c) B_c` for every (sample, component), as `Components.layer_fns(layers, mask)`.
+
+    Laid out `(I, C ., batch)`: the mask multiplies contiguous batch rows and each layer is two
+    batched matmuls with the batch as their long axis. Where `d_in d_out <= m (d_in + d_out)` (TMS)
+    each component is applied as its product `P_c = A_c B_c` instead, one matmul with the mask
+    on its narrower side: `sum_c s_c (h P_c)` or `[s_c h]_c @ [P_c]_c`.
+    """
+    mask_t = mask.permute(1, 2, 0).contiguous().unsqueeze(2)  # (I, C, 1, batch), contiguous before the cast
+
+    def make(layer: Layer) -> LayerFn:
+        a, b = components.factors(layer)
+        n_inst, C, d_in, m = a.shape
+        d_out = b.shape[-1]
+        if _by_product(components, layer) and d_out <= d_in:
+            p_rows = (a @ b).transpose(-1, -2).reshape(n_inst, C * d_out, d_in)
+
+            def mask_after(h: Tensor) -> Tensor:
+                y = torch.bmm(p_rows, h.permute(1, 2, 0)).view(n_inst, C, d_out, -1)
+                return (y * mask_t.to(y.dtype)).sum(1).permute(2, 0, 1)
+
+            return mask_after
+        if _by_product(components, layer):
+            p_cols = (a @ b).permute(0, 3, 1, 2).reshape(n_inst, d_out, C * d_in)
+
+            def mask_before(h: Tensor) -> Tensor:
+                h_t = h.permute(1, 2, 0).unsqueeze(1)  # (I, 1, d_in, batch)
+                masked = (mask_t.to(h.dtype) * h_t).view(n_inst, C * d_in, -1)
+                return torch.bmm(p_cols, masked).permute(2, 0, 1)
+
+            return mask_before
+        a_rows = a.transpose(-1, -2).reshape(n_inst, C * m, d_in)
+        b_cols = b.reshape(n_inst, C * m, d_out).transpose(1, 2)
+
+        def by_factors(h: Tensor) -> Tensor:
+            inner = torch.bmm(a_rows, h.permute(1, 2, 0)).view(n_inst, C, m, -1)
+            inner = inner * mask_t.to(inner.dtype)
+            return torch.bmm(b_cols, inner.view(n_inst, C * m, -1)).permute(2, 0, 1)
+
+        return by_factors
+
+    return {layer.name: make(layer) for layer in layers}
+
+
+def _by_product(components: Components, layer: Layer) -> bool:
+    """Whether the dense pass applies `P_c = A_c B_c` (fewer MACs than `A_c` then `B_c`)."""
+    d_in, d_out = components.A[layer.param].shape[-2], components.B[layer.param].shape[-1]
+    return d_in * d_out <= components.m * (d_in + d_out)
+
+
+def _dense_width(components: Components, layer: Layer) -> int:
+    """Rows per (instance, sample) of the dense pass's widest masked intermediate in this layer."""
+    d_in, d_out = components.A[layer.param].shape[-2], components.B[layer.param].shape[-1]
+    return components.C * (min(d_in, d_out) if _by_product(components, layer) else components.m)
+
+
+SMALL_DENSE = 2**20
+"""Elements of a dense pass's masked intermediate below which `auto` stays dense: cheaper than building blocks."""
+
+
 def masked_layer_fns(
     components: Components, layers: tuple[Layer, ...], mask: Tensor, *, mode: str = "auto"
 ) -> dict[str, LayerFn]:
-    """The top-k APD model's layers: dense (`Components.layer_fns`) or over the active pairs only.
+    """The top-k APD model's layers: dense (`dense_masked_fns`) or over the active pairs only.
 
-    `auto` goes sparse on the CPU when its padded rows (`ActivePairs.cost`) are at most a quarter
-    of the dense pass's (sample, component) pairs; on other devices it stays dense, since building
-    the blocks reads their shape on the host.
+    `auto` goes sparse on the CPU when the dense pass's intermediates are large (`SMALL_DENSE`) and
+    the sparse pass's padded rows (`ActivePairs.cost`) are at most a quarter of its (sample,
+    component) pairs; on other devices it stays dense, since building the blocks reads their shape
+    on the host.
     """
     if mode == "dense" or (mode == "auto" and mask.device.type != "cpu"):
-        return components.layer_fns(layers, mask)
+        return dense_masked_fns(components, layers, mask)
+    dense_elements = mask.shape[0] * mask.shape[1] * max(_dense_width(components, layer) for layer in layers)
+    if mode == "auto" and dense_elements < SMALL_DENSE:
+        return dense_masked_fns(components, layers, mask)
     pairs = ActivePairs.from_mask(mask)
     if mode == "auto" and 4 * pairs.cost > mask.numel():
-        return components.layer_fns(layers, mask)
+        return dense_masked_fns(components, layers, mask)
     return {layer.name: pairs.layer_fn(components, layer) for layer in layers}

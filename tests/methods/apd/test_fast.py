@@ -328,15 +328,20 @@ def test_sparse_masked_forward_matches_dense(pattern: str) -> None:
         torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
 
 
-def test_auto_masked_forward_is_sparse_only_for_sparse_masks() -> None:
+def test_auto_masked_forward_is_sparse_only_for_sparse_masks_and_large_dense_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     target = make_target("tms")
     comps = near_target(target)
     sparse_mask = torch.zeros(64, 2, 4, dtype=torch.bool)
     sparse_mask[::8, :, 1] = True  # 16 pairs in 2 groups of 8: cost 16 <= 512 / 4
     dense_mask = torch.ones(64, 2, 4, dtype=torch.bool)
-    dense_fn = comps.layer_fn(target.layers[0], dense_mask).__qualname__
-    assert masked_layer_fns(comps, target.layers, sparse_mask)["linear1"].__qualname__ != dense_fn
-    assert masked_layer_fns(comps, target.layers, dense_mask)["linear1"].__qualname__ == dense_fn
+    sparse_fn = ActivePairs.layer_fn.__qualname__
+    # the dense pass's widest intermediate: 64 samples x 2 instances x 4 components x min(5, 2) = 1024
+    assert masked_layer_fns(comps, target.layers, sparse_mask)["linear1"].__qualname__.startswith(sparse_fn) is False
+    monkeypatch.setattr(fast, "SMALL_DENSE", 1024)
+    assert masked_layer_fns(comps, target.layers, sparse_mask)["linear1"].__qualname__.startswith(sparse_fn)
+    assert not masked_layer_fns(comps, target.layers, dense_mask)["linear1"].__qualname__.startswith(sparse_fn)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,9 +15,18 @@ from torch import Tensor
 from apd.methods.apd.attributions import attributions
 from apd.methods.apd.components import Components
 from apd.methods.apd.config import APDConfig
-from apd.methods.apd.fast import compiled_attributions, fast_attributions, masked_layer_fns, needs_graph, target_pass
+from apd.methods.apd.fast import (
+    compiled_attributions,
+    fast_attributions,
+    masked_layer_fns,
+    needs_graph,
+    reuse_freed_memory,
+    step_layout,
+    target_pass,
+)
 from apd.methods.apd.losses.faithfulness import faithfulness_loss
 from apd.methods.apd.losses.lp_sparsity import lp_sparsity_loss, lp_weights
+from apd.methods.apd.losses.param_terms import param_terms
 from apd.methods.apd.losses.reconstruction import act_recon_loss, topk_recon_loss
 from apd.methods.apd.losses.schatten import schatten_loss
 from apd.methods.apd.topk import topk_mask
@@ -98,14 +107,21 @@ def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor
     n_params = sum(weights[layer.param][0].numel() for layer in layers)
     terms: dict[str, Tensor] = {}
 
+    if x.device.type == "cpu":
+        reuse_freed_memory()
+    x = step_layout(target, x)
     run = target_pass(target, x, graph=needs_graph(cfg.attribution_type, target))
     labels = run.detached()
     if cfg.out_recon_coeff is not None:
         with _autocast(cfg, x):
             out_full = target(x, components.layer_fns(layers))
         terms["out_recon_loss"] = topk_recon_loss(out_full.to(x.dtype), labels.out)
-    if cfg.param_match_coeff is not None:
-        terms["faithfulness_loss"] = faithfulness_loss(weights, components, layers, norm=cfg.faithfulness_norm)
+    faithful = cfg.param_match_coeff is not None
+    fused_schatten = cfg.schatten_coeff is not None and cfg.lp_schatten_form == "paper"
+    schatten_p = cfg.schatten_pnorm if fused_schatten else None
+    sq, norms = param_terms(weights, components, layers, faithfulness=faithful, schatten_p=schatten_p)
+    if faithful:
+        terms["faithfulness_loss"] = sq / n_params if cfg.faithfulness_norm == "mean" else sq
 
     attribute = compiled_attributions() if cfg.compile else fast_attributions
     if cfg.topk is None:  # Lp APD: attributions stay differentiable w.r.t. the components
@@ -128,7 +144,9 @@ def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor
                 [labels.cache[n][1] for n in names],
                 relu=target.act_recon_relu,
             )
-    if cfg.schatten_coeff is not None:
+    if fused_schatten:  # `sum_b s_bc` first: the per-component norms do not depend on the sample
+        terms["schatten_loss"] = (mask.to(norms.dtype).sum(0) * norms).sum(-1) / (n_params * mask.shape[0])
+    elif cfg.schatten_coeff is not None:
         terms["schatten_loss"] = schatten_loss(
             components, layers, mask, p=cfg.schatten_pnorm, n_params=n_params, form=cfg.lp_schatten_form
         )
