@@ -34,8 +34,8 @@ from apd.targets.tms import TMS
 
 CHUNK_ELEMENTS = 2**25
 """Largest intermediate (elements) of batched backwards, ablation forwards and, off the CPU, batch chunks."""
-CPU_CHUNK_ELEMENTS = 2**20
-"""Largest per-chunk intermediate on the CPU (4 MB in fp32)."""
+CPU_CHUNK_ELEMENTS = 2**23
+"""Largest per-chunk intermediate on the CPU (32 MB in fp32)."""
 
 
 @dataclass
@@ -51,6 +51,16 @@ class ModelPass:
     def detached(self) -> ModelPass:
         cache = {k: (a.detach(), h.detach()) for k, (a, h) in self.cache.items()}
         return ModelPass(self.x, self.out.detach(), cache, self.inners)
+
+    def rows(self, idx: Tensor) -> ModelPass:
+        """The samples `idx` of this pass."""
+
+        def pick(t: Tensor) -> Tensor:
+            return t.index_select(0, idx)
+
+        cache = {k: (pick(a), pick(h)) for k, (a, h) in self.cache.items()}
+        inners = None if self.inners is None else {k: pick(v) for k, v in self.inners.items()}
+        return ModelPass(pick(self.x), pick(self.out), cache, inners)
 
     def inner(self, components: Components, layer: Layer, sl: slice) -> Tensor:
         """`a_l A` for the samples `sl`: recorded, or computed from the cached layer input."""
@@ -117,6 +127,18 @@ def needs_graph(kind: str, target: Target) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Output tangents s (batch, I, C, d_L) for gradient attributions
+
+
+Factors = Mapping[str, tuple[Tensor, Tensor]]
+"""`(A, B)` by parameter name to use instead of the components' own (`param_terms`' aliases)."""
+
+
+def _factors(components: Components, layer: Layer, factors: Factors | None) -> tuple[Tensor, Tensor]:
+    """`components.factors(layer)`, from `factors` where given."""
+    if factors is None:
+        return components.factors(layer)
+    a, b = factors[layer.param]
+    return (b.transpose(-1, -2), a.transpose(-1, -2)) if layer.transposed else (a, b)
 
 
 Weights = Mapping[str, Tensor]
@@ -312,12 +334,26 @@ def _autograd_attr(target: Target, run: ModelPass, components: Components) -> Te
     return attr
 
 
+ZERO_INPUT_SKIP = 0.75
+"""On the CPU, closed forms run on the nonzero samples alone when at most this share of the batch is nonzero."""
+
+
 def gradient_attr(target: Target, weights: Weights, run: ModelPass, components: Components) -> Tensor:
     """`sum_o (sum_l g_{o,l} . u_{c,l})^2 (batch, I, C)` at the model `weights` whose pass is `run`."""
     rule = GRADIENT_RULES.get(type(target))
-    if rule is not None:
-        return rule(target, weights, run.detached(), components)
-    return _autograd_attr(target, run, components)
+    if rule is None:
+        return _autograd_attr(target, run, components)
+    run = run.detached()
+    batch = run.x.shape[0]
+    if run.x.device.type == "cpu":  # finding the nonzero samples reads their number on the host
+        # TMS and residual MLPs have no biases before the output: an all-zero input has zero tangents
+        idx = run.x.reshape(batch, -1).any(-1).nonzero().squeeze(1)
+        if idx.numel() <= ZERO_INPUT_SKIP * batch:
+            if idx.numel() == 0:
+                return run.x.new_zeros(batch, run.x.shape[1], components.C)
+            attr = rule(target, weights, run.rows(idx), components)
+            return attr.new_zeros(batch, *attr.shape[1:]).index_copy(0, idx, attr)
+    return rule(target, weights, run, components)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,9 +577,9 @@ class ActivePairs:
         """Padded rows, plus the gathers in row equivalents."""
         return self.rows.numel() + (0 if self.group is None else GATHER_COST * self.rows.shape[0])
 
-    def layer_fn(self, components: Components, layer: Layer) -> LayerFn:
+    def layer_fn(self, components: Components, layer: Layer, factors: Factors | None = None) -> LayerFn:
         """`sum_{c active} (a A_c) B_c`, computed for the active pairs only."""
-        a_f, b_f = components.factors(layer)
+        a_f, b_f = _factors(components, layer, factors)
         groups = self.n_instances * self.C
 
         def fn(a: Tensor) -> Tensor:
@@ -562,7 +598,9 @@ class ActivePairs:
         return fn
 
 
-def dense_masked_fns(components: Components, layers: tuple[Layer, ...], mask: Tensor) -> dict[str, LayerFn]:
+def dense_masked_fns(
+    components: Components, layers: tuple[Layer, ...], mask: Tensor, factors: Factors | None = None
+) -> dict[str, LayerFn]:
     """`sum_c mask_c (a A_c) B_c` for every (sample, component), as `Components.layer_fns(layers, mask)`.
 
     Laid out `(I, C ., batch)`: the mask multiplies contiguous batch rows and each layer is two
@@ -573,7 +611,7 @@ def dense_masked_fns(components: Components, layers: tuple[Layer, ...], mask: Te
     mask_t = mask.permute(1, 2, 0).contiguous().unsqueeze(2)  # (I, C, 1, batch), contiguous before the cast
 
     def make(layer: Layer) -> LayerFn:
-        a, b = components.factors(layer)
+        a, b = _factors(components, layer, factors)
         n_inst, C, d_in, m = a.shape
         d_out = b.shape[-1]
         if _by_product(components, layer) and d_out <= d_in:
@@ -623,7 +661,12 @@ SMALL_DENSE = 2**20
 
 
 def masked_layer_fns(
-    components: Components, layers: tuple[Layer, ...], mask: Tensor, *, mode: str = "auto"
+    components: Components,
+    layers: tuple[Layer, ...],
+    mask: Tensor,
+    *,
+    mode: str = "auto",
+    factors: Factors | None = None,
 ) -> dict[str, LayerFn]:
     """The top-k APD model's layers: dense (`dense_masked_fns`) or over the active pairs only.
 
@@ -633,11 +676,11 @@ def masked_layer_fns(
     on the host.
     """
     if mode == "dense" or (mode == "auto" and mask.device.type != "cpu"):
-        return dense_masked_fns(components, layers, mask)
+        return dense_masked_fns(components, layers, mask, factors)
     dense_elements = mask.shape[0] * mask.shape[1] * max(_dense_width(components, layer) for layer in layers)
     if mode == "auto" and dense_elements < SMALL_DENSE:
-        return dense_masked_fns(components, layers, mask)
+        return dense_masked_fns(components, layers, mask, factors)
     pairs = ActivePairs.from_mask(mask)
     if mode == "auto" and 4 * pairs.cost > mask.numel():
-        return dense_masked_fns(components, layers, mask)
-    return {layer.name: pairs.layer_fn(components, layer) for layer in layers}
+        return dense_masked_fns(components, layers, mask, factors)
+    return {layer.name: pairs.layer_fn(components, layer, factors) for layer in layers}

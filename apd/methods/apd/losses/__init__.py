@@ -119,7 +119,7 @@ def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor
     faithful = cfg.param_match_coeff is not None
     fused_schatten = cfg.schatten_coeff is not None and cfg.lp_schatten_form == "paper"
     schatten_p = cfg.schatten_pnorm if fused_schatten else None
-    sq, norms = param_terms(weights, components, layers, faithfulness=faithful, schatten_p=schatten_p)
+    sq, norms, factors = param_terms(weights, components, layers, faithfulness=faithful, schatten_p=schatten_p)
     if faithful:
         terms["faithfulness_loss"] = sq / n_params if cfg.faithfulness_norm == "mean" else sq
 
@@ -133,7 +133,7 @@ def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor
         with torch.no_grad():  # only the discrete mask is used
             attr = attribute(cfg.attribution_type, target, components, x, run=run)
             mask = _topk(cfg, attr, x)
-        fns = masked_layer_fns(components, layers, mask, mode=cfg.masked_forward)
+        fns = masked_layer_fns(components, layers, mask, mode=cfg.masked_forward, factors=factors)
         with _autocast(cfg, x):
             out_topk, topk_cache = run_with_cache(target, x, fns)
         terms["topk_recon_loss"] = topk_recon_loss(out_topk.to(x.dtype), labels.out)
