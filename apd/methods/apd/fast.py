@@ -43,14 +43,15 @@ class ModelPass:
     """One forward pass: output `(batch, I, d_L)` and each decomposed layer's (input, output)."""
 
     x: Tensor
-    out: Tensor
+    out: Tensor | None
+    """None for a pass never run: TMS's closed form needs only x and the weights."""
     cache: dict[str, tuple[Tensor, Tensor]]
     inners: dict[str, Tensor] | None = None
     """`a_l A` of every layer `(batch, I, C, m)`, where an APD pass computed them anyway."""
 
     def detached(self) -> ModelPass:
         cache = {k: (a.detach(), h.detach()) for k, (a, h) in self.cache.items()}
-        return ModelPass(self.x, self.out.detach(), cache, self.inners)
+        return ModelPass(self.x, None if self.out is None else self.out.detach(), cache, self.inners)
 
     def rows(self, idx: Tensor) -> ModelPass:
         """The samples `idx` of this pass."""
@@ -60,7 +61,7 @@ class ModelPass:
 
         cache = {k: (pick(a), pick(h)) for k, (a, h) in self.cache.items()}
         inners = None if self.inners is None else {k: pick(v) for k, v in self.inners.items()}
-        return ModelPass(pick(self.x), pick(self.out), cache, inners)
+        return ModelPass(pick(self.x), None if self.out is None else pick(self.out), cache, inners)
 
     def inner(self, components: Components, layer: Layer, sl: slice) -> Tensor:
         """`a_l A` for the samples `sl`: recorded, or computed from the cached layer input."""
@@ -162,13 +163,15 @@ def _squared_norm(s: Tensor) -> Tensor:
 
 
 def _tms_attr(target: Target, weights: Weights, run: ModelPass, components: Components) -> Tensor:
-    """TMS `out = ReLU(z + b)` with z linear in x: `s = ReLU'(z + b) * (x G)`, `G_c = sum_l M_<l A_c B_c M_>l`.
+    """TMS `out = ReLU(x M + b)`: `s = ReLU'(x M + b) * (x G)`, `G_c = sum_l M_<l A_c B_c M_>l`.
 
-    `M_<l` maps x to layer l's input and `M_>l` its output to z (products of the weights; identity
-    at the ends), so all layers fold into one `(n_in, C d_L)` matrix per instance and each chunk
-    costs one small batched matmul. Chunks are laid out `(I, C d_L, batch)`: the ReLU' mask and the
-    sum over outputs then run along contiguous memory instead of 5-wide rows.
+    `M_<l` maps x to layer l's input and `M_>l` its output to the pre-activation (products of the
+    weights; identity at the ends, `M` all of them), so all layers fold into one `(n_in, C d_L)`
+    matrix per instance and each chunk costs one small batched matmul; no pass through the layers
+    is needed (`run.x` alone). Chunks are laid out `(I, C d_L, batch)`: the ReLU' mask and the sum
+    over outputs then run along contiguous memory instead of 5-wide rows.
     """
+    assert isinstance(target, TMS)
     layers = target.layers
     readouts: list[Tensor | None] = []  # M_>l, last layer first
     readout: Tensor | None = None
@@ -187,21 +190,24 @@ def _tms_attr(target: Target, weights: Weights, run: ModelPass, components: Comp
         fold = a @ b if fold is None else fold + a @ b  # (I, C, n_in, d_L)
         w = weights[layer.name]
         prefix = w if prefix is None else prefix @ w
-    assert fold is not None
+    assert fold is not None and prefix is not None
     x = run.x
     batch, n_inst, n_in = x.shape
     C, n_out = components.C, fold.shape[-1]
     fold_t = fold.transpose(-1, -2).reshape(n_inst, C * n_out, n_in)
+    bias = target.b_final.detach().unsqueeze(-1)  # (I, d_L, 1)
     parts = []
     for sl in batch_chunks(batch, n_inst * C * n_out, x.device):
-        s = torch.bmm(fold_t, x[sl].permute(1, 2, 0))  # (I, C d_L, n), read from x in place
-        relu_grad = (run.out[sl] > 0).permute(1, 2, 0).to(s.dtype)  # ReLU' from its output, as autograd
+        x_t = x[sl].permute(1, 2, 0)  # (I, n_in, n), read from x in place
+        s = torch.bmm(fold_t, x_t)  # (I, C d_L, n)
+        # ReLU' where the output is positive, as autograd takes it from the output
+        relu_grad = (torch.baddbmm(bias, prefix.transpose(-1, -2), x_t) > 0).to(s.dtype)  # (I, d_L, n)
         # relu_grad is 0 or 1, so (s relu_grad)^2 = s^2 relu_grad; in place unless it must carry gradients
         sq = s.view(n_inst, C, n_out, -1)
         sq = sq.square() if sq.requires_grad else sq.square_()
         sq = sq * relu_grad.unsqueeze(1) if sq.requires_grad else sq.mul_(relu_grad.unsqueeze(1))
         parts.append(sq.sum(2).permute(2, 0, 1))  # (n, I, C)
-    return torch.cat(parts)
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def _resid_attr(target: Target, weights: Weights, run: ModelPass, components: Components) -> Tensor:
@@ -293,6 +299,8 @@ GRADIENT_RULES: dict[type[Target], AttrRule] = {TMS: _tms_attr, ResidMLP: _resid
 """Closed-form gradient attributions by target class (exact class: a subclass may change `forward`)."""
 INNER_RULES: frozenset[type[Target]] = frozenset({ResidMLP})
 """Closed forms that read the APD pass's `a_l A` (`ModelPass.inners`); the others take a pass at the summed weights."""
+PASS_FREE_RULES: frozenset[type[Target]] = frozenset({TMS})
+"""Closed forms that need only the input and the weights, no forward pass."""
 
 
 def _autograd_attr(target: Target, run: ModelPass, components: Components) -> Tensor:
@@ -307,6 +315,7 @@ def _autograd_attr(target: Target, run: ModelPass, components: Components) -> Te
     hs = [run.cache[layer.name][1] for layer in layers]
     inputs = [run.cache[layer.name][0].detach() for layer in layers]
     out = run.out
+    assert out is not None
     batch, n_inst, n_out = out.shape
     width = batch * n_inst * sum(h.shape[-1] for h in hs)
     chunk = max(1, min(n_out, CHUNK_ELEMENTS // max(width, 1)))
@@ -345,8 +354,10 @@ def gradient_attr(target: Target, weights: Weights, run: ModelPass, components: 
         return _autograd_attr(target, run, components)
     run = run.detached()
     batch = run.x.shape[0]
-    if run.x.device.type == "cpu":  # finding the nonzero samples reads their number on the host
-        # TMS and residual MLPs have no biases before the output: an all-zero input has zero tangents
+    # on the CPU (finding them reads their number on the host), with one instance (with several, a
+    # sample is rarely zero in all): TMS and residual MLPs have no biases before the output, so an
+    # all-zero input has zero tangents
+    if run.x.device.type == "cpu" and run.x.shape[1] == 1:
         idx = run.x.reshape(batch, -1).any(-1).nonzero().squeeze(1)
         if idx.numel() <= ZERO_INPUT_SKIP * batch:
             if idx.numel() == 0:
@@ -414,6 +425,8 @@ def _gradient_apd(target: Target, components: Components, x: Tensor) -> Tensor:
             out, cache = run_with_cache(target, x, fns, grad_outputs=True)
         return gradient_attr(target, {}, ModelPass(x, out, cache), components)
     weights = apd_weights(components, layers)
+    if type(target) in PASS_FREE_RULES:
+        return gradient_attr(target, weights, ModelPass(x, None, {}), components)
     # the pass's `a_l A` serve the closed form too, unless the attributions must carry gradients
     record = type(target) in INNER_RULES and not torch.is_grad_enabled()
     inners: dict[str, Tensor] | None = {} if record else None
@@ -608,7 +621,8 @@ def dense_masked_fns(
     each component is applied as its product `P_c = A_c B_c` instead, one matmul with the mask
     on its narrower side: `sum_c s_c (h P_c)` or `[s_c h]_c @ [P_c]_c`.
     """
-    mask_t = mask.permute(1, 2, 0).contiguous().unsqueeze(2)  # (I, C, 1, batch), contiguous before the cast
+    dtype = components.A[layers[0].param].dtype
+    mask_t = mask.permute(1, 2, 0).contiguous().to(dtype).unsqueeze(2)  # (I, C, 1, batch), contiguous first
 
     def make(layer: Layer) -> LayerFn:
         a, b = _factors(components, layer, factors)
@@ -619,7 +633,7 @@ def dense_masked_fns(
 
             def mask_after(h: Tensor) -> Tensor:
                 y = torch.bmm(p_rows, h.permute(1, 2, 0)).view(n_inst, C, d_out, -1)
-                return (y * mask_t.to(y.dtype)).sum(1).permute(2, 0, 1)
+                return (y * mask_t.to(y.dtype)).sum(1).permute(2, 0, 1)  # a no-op cast unless autocast
 
             return mask_after
         if _by_product(components, layer):

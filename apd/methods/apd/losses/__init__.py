@@ -115,6 +115,7 @@ def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor
     if cfg.out_recon_coeff is not None:
         with _autocast(cfg, x):
             out_full = target(x, components.layer_fns(layers))
+        assert labels.out is not None
         terms["out_recon_loss"] = topk_recon_loss(out_full.to(x.dtype), labels.out)
     faithful = cfg.param_match_coeff is not None
     fused_schatten = cfg.schatten_coeff is not None and cfg.lp_schatten_form == "paper"
@@ -136,6 +137,7 @@ def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor
         fns = masked_layer_fns(components, layers, mask, mode=cfg.masked_forward, factors=factors)
         with _autocast(cfg, x):
             out_topk, topk_cache = run_with_cache(target, x, fns)
+        assert labels.out is not None
         terms["topk_recon_loss"] = topk_recon_loss(out_topk.to(x.dtype), labels.out)
         if cfg.act_recon_coeff is not None:
             names = target.act_recon_layers
@@ -144,8 +146,8 @@ def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor
                 [labels.cache[n][1] for n in names],
                 relu=target.act_recon_relu,
             )
-    if fused_schatten:  # `sum_b s_bc` first: the per-component norms do not depend on the sample
-        terms["schatten_loss"] = (mask.to(norms.dtype).sum(0) * norms).sum(-1) / (n_params * mask.shape[0])
+    if fused_schatten:  # `sum_b s_bc` first (a count for top-k): the per-component norms do not depend on the sample
+        terms["schatten_loss"] = (mask.sum(0).to(norms.dtype) * norms).sum(-1) / (n_params * mask.shape[0])
     elif cfg.schatten_coeff is not None:
         terms["schatten_loss"] = schatten_loss(
             components, layers, mask, p=cfg.schatten_pnorm, n_params=n_params, form=cfg.lp_schatten_form

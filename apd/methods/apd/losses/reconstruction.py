@@ -8,7 +8,7 @@ from torch import Tensor
 
 def topk_recon_loss(out_topk: Tensor, out_target: Tensor) -> Tensor:
     """`mean_{b,o} (f(x; sum_c s_c P_c) - f(x; W))^2` per instance: `(batch, I, o) -> (I,)`."""
-    return (out_topk - out_target).pow(2).mean(dim=(0, 2))
+    return F.mse_loss(out_topk, out_target, reduction="none").mean(dim=(0, 2))  # one kernel each way
 
 
 def act_recon_loss(acts_topk: list[Tensor], acts_target: list[Tensor], *, relu: bool) -> Tensor:
@@ -18,6 +18,6 @@ def act_recon_loss(acts_topk: list[Tensor], acts_target: list[Tensor], *, relu: 
     non-linearity; the pre-activations of unused directions may legitimately differ).
     """
     act = F.relu if relu else (lambda t: t)
-    sq = sum((act(a) - act(b)).pow(2).sum(-1) for a, b in zip(acts_topk, acts_target, strict=True))
+    sq = sum(F.mse_loss(act(a), act(b), reduction="none").sum(-1) for a, b in zip(acts_topk, acts_target, strict=True))
     width = sum(a.shape[-1] for a in acts_target)
     return (sq / width).mean(0)  # type: ignore[union-attr]
