@@ -381,3 +381,68 @@ def test_switches_need_the_fast_step() -> None:
 
     with pytest.raises(ConfigError, match="need implementation: fast"):
         DecomposeConfig.from_dict(config("gradient").to_dict() | {"implementation": "naive", "compile": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense masked pass, batch-innermost layout, zero samples
+
+
+@pytest.mark.parametrize("m", [1, 4])  # m 1: A_c then B_c; m 4: P_c = A_c B_c, the mask on either side
+@pytest.mark.parametrize("batch_last", [False, True])
+@pytest.mark.parametrize("family", ["tms-id", "resid1"])
+def test_dense_masked_pass_matches_components(family: str, batch_last: bool, m: int) -> None:
+    target = make_target(family)
+    comps = Components(target.param_shapes(), n_instances=target.n_instances, C=4, m=m,
+                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    x = inputs(target, 32)
+    if batch_last:
+        x = x.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    mask = torch.rand(32, target.n_instances, 4, generator=torch.Generator().manual_seed(3)) < 0.4
+    results = []
+    for fns in (comps.layer_fns(target.layers, mask), fast.dense_masked_fns(comps, target.layers, mask)):
+        comps.zero_grad(set_to_none=True)
+        out = target(x, fns)
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        results.append([out.detach(), *(p.grad.clone() for p in comps.parameters())])  # type: ignore[union-attr]
+    for expected, actual in zip(*results, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_step_layout_puts_the_batch_innermost_for_narrow_targets_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast, "BATCH_LAST_MAX_WIDTH", 8)
+    narrow, wide = make_target("tms"), make_target("resid1")  # widest layers 5 and 32
+    x = inputs(narrow, 16)
+    laid = fast.step_layout(narrow, x)
+    assert torch.equal(laid, x) and laid.stride(0) == 1 and x.stride(0) != 1
+    x = inputs(wide, 16)
+    assert fast.step_layout(wide, x) is x
+
+
+@pytest.mark.parametrize("kind", ["gradient", "gradient_apd"])
+@pytest.mark.parametrize("family", ["resid2", "tms"])
+def test_attributions_skip_all_zero_samples(family: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most samples all zero: the closed forms run on the rest and match the reference, gradients included."""
+    picked = []
+    rows = fast.ModelPass.rows
+    monkeypatch.setattr(fast.ModelPass, "rows", lambda self, idx: picked.append(len(idx)) or rows(self, idx))
+    torch.manual_seed(0)
+    target: Target = (
+        ResidMLP(4, 32, 3, n_layers=2, n_instances=1, embed_seed=0) if family == "resid2" else TMS(5, 2, n_instances=1)
+    ).eval().requires_grad_(False)  # fmt: skip
+    comps = near_target(target)
+    x = inputs(target, 24)
+    x[::3] = 0.0
+    x[1::3] = 0.0  # 2/3 of the samples are zero: below ZERO_INPUT_SKIP
+    expected = attributions(kind, target, comps, x)
+    actual = fast_attributions(kind, target, comps, x)
+    close(actual.detach(), expected.detach())
+    assert picked and picked[0] <= 8  # the closed form saw only the nonzero samples
+    assert actual[::3].abs().max() == 0
+    weights = torch.rand(24, 1, comps.C, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for attr in (expected, actual):
+        comps.zero_grad(set_to_none=True)
+        (attr * weights).sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in comps.parameters()])  # type: ignore[union-attr]
+    for e, a in zip(*grads, strict=True):
+        close(a, e)
