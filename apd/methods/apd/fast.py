@@ -77,7 +77,8 @@ def target_pass(target: Target, x: Tensor, *, graph: bool = False) -> ModelPass:
             out, cache = run_with_cache(target, x, grad_outputs=True)
     else:
         with torch.no_grad():
-            fns = {layer.name: _linear_fn(target.layer_weight(layer)) for layer in target.layers}
+            last = batch_last(target)
+            fns = {layer.name: _linear_fn(target.layer_weight(layer), batch_last=last) for layer in target.layers}
             out, cache = run_with_cache(target, x, fns)
     return ModelPass(x, out, cache)
 
@@ -104,21 +105,15 @@ BATCH_LAST_MAX_WIDTH = 64
 """Targets whose decomposed layers are all at most this wide run the fast step with the batch innermost."""
 
 
-def step_layout(target: Target, x: Tensor) -> Tensor:
-    """`x` as the fast step wants it: the same values, stored `(I, d, batch)` for narrow targets.
+def batch_last(target: Target) -> bool:
+    """Whether the fast step computes `target`'s layers with the batch innermost: all of them are narrow.
 
     A narrow layer's per-instance matmul `(batch, d_in) @ (d_in, d_out)` runs at a tenth of the
-    speed of `(d_out, d_in) @ (d_in, batch)` on the CPU, and elementwise work over `(batch, I, 5)`
-    rows does not vectorise; with the batch innermost every layer function below and the target's
-    own elementwise ops (which keep their input's layout) run along contiguous batch rows.
+    speed of `(d_out, d_in) @ (d_in, batch)` on the CPU (both read x where it lies), and elementwise
+    work over `(batch, I, 5)` rows does not vectorise. The layers then return `(batch, I, d)` views
+    of `(I, d, batch)` storage, and the target's own elementwise ops keep that layout.
     """
-    if max(max(shape) for shape in target.param_shapes().values()) > BATCH_LAST_MAX_WIDTH:
-        return x
-    return x.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-
-
-def _batch_last(a: Tensor) -> bool:
-    return a.stride(0) == 1 or a.shape[0] == 1
+    return max(max(shape) for shape in target.param_shapes().values()) <= BATCH_LAST_MAX_WIDTH
 
 
 def needs_graph(kind: str, target: Target) -> bool:
@@ -434,7 +429,7 @@ def _gradient_apd(target: Target, components: Components, x: Tensor) -> Tensor:
         fns = (
             apd_layer_fns(components, layers, detach=True, record=inners)
             if record
-            else {name: _linear_fn(w) for name, w in weights.items()}
+            else {name: _linear_fn(w, batch_last=batch_last(target)) for name, w in weights.items()}
         )
         out, cache = run_with_cache(target, x, fns)
     return gradient_attr(target, weights, ModelPass(x, out, cache, inners), components)
@@ -491,15 +486,11 @@ def _ablation(target: Target, components: Components, x: Tensor) -> Tensor:
     return torch.cat(attr, dim=-1)
 
 
-def _linear_fn(w: Tensor) -> LayerFn:
-    """`a @ w` per instance, in the layout of `a` (see `step_layout`)."""
-
-    def fn(a: Tensor) -> Tensor:
-        if _batch_last(a):
-            return torch.bmm(w.transpose(-1, -2), a.permute(1, 2, 0)).permute(2, 0, 1)
-        return torch.einsum("b i d, i d e -> b i e", a, w)
-
-    return fn
+def _linear_fn(w: Tensor, *, batch_last: bool = False) -> LayerFn:
+    """`a @ w` per instance; `batch_last`: computed and returned with the batch innermost (see `batch_last`)."""
+    if batch_last:
+        return lambda a: torch.bmm(w.transpose(-1, -2), a.permute(1, 2, 0)).permute(2, 0, 1)
+    return lambda a: torch.einsum("b i d, i d e -> b i e", a, w)
 
 
 def fast_attributions(

@@ -408,14 +408,16 @@ def test_dense_masked_pass_matches_components(family: str, batch_last: bool, m: 
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_step_layout_puts_the_batch_innermost_for_narrow_targets_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_narrow_targets_run_with_the_batch_innermost(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fast, "BATCH_LAST_MAX_WIDTH", 8)
     narrow, wide = make_target("tms"), make_target("resid1")  # widest layers 5 and 32
+    assert fast.batch_last(narrow) and not fast.batch_last(wide)
     x = inputs(narrow, 16)
-    laid = fast.step_layout(narrow, x)
-    assert torch.equal(laid, x) and laid.stride(0) == 1 and x.stride(0) != 1
-    x = inputs(wide, 16)
-    assert fast.step_layout(wide, x) is x
+    run = fast.target_pass(narrow, x)
+    assert run.out is not None and run.out.stride(0) == 1  # (batch, I, d) view of (I, d, batch)
+    torch.testing.assert_close(run.out, narrow(x))
+    run = fast.target_pass(wide, inputs(wide, 16))
+    assert run.out is not None and run.out.stride(-1) == 1
 
 
 @pytest.mark.parametrize("kind", ["gradient", "gradient_apd"])

@@ -21,7 +21,6 @@ from apd.methods.apd.fast import (
     masked_layer_fns,
     needs_graph,
     reuse_freed_memory,
-    step_layout,
     target_pass,
 )
 from apd.methods.apd.losses.faithfulness import faithfulness_loss
@@ -109,7 +108,6 @@ def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor
 
     if x.device.type == "cpu":
         reuse_freed_memory()
-    x = step_layout(target, x)
     run = target_pass(target, x, graph=needs_graph(cfg.attribution_type, target))
     labels = run.detached()
     if cfg.out_recon_coeff is not None:
