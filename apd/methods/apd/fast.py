@@ -615,24 +615,31 @@ def dense_masked_fns(
     dtype = components.A[layers[0].param].dtype
     mask_t = mask.permute(1, 2, 0).contiguous().to(dtype).unsqueeze(2)  # (I, C, 1, batch), contiguous first
 
+    products: dict[str, Tensor] = {}  # P_c = A_c B_c per parameter, shared by its tied layers
+
+    def product(layer: Layer) -> Tensor:
+        if layer.param not in products:
+            a, b = factors[layer.param] if factors is not None else components.factors(Layer(layer.param, layer.param))
+            products[layer.param] = a @ b
+        return products[layer.param].transpose(-1, -2) if layer.transposed else products[layer.param]
+
     def make(layer: Layer) -> LayerFn:
         a, b = _factors(components, layer, factors)
         n_inst, C, d_in, m = a.shape
         d_out = b.shape[-1]
         if _by_product(components, layer) and d_out <= d_in:
-            p_rows = (a @ b).transpose(-1, -2).reshape(n_inst, C * d_out, d_in)
+            p_rows = product(layer).transpose(-1, -2).reshape(n_inst, C * d_out, d_in)
 
             def mask_after(h: Tensor) -> Tensor:
-                y = torch.bmm(p_rows, h.permute(1, 2, 0)).view(n_inst, C, d_out, -1)
+                y = torch.bmm(p_rows, _rows(h)).view(n_inst, C, d_out, -1)
                 return (y * mask_t.to(y.dtype)).sum(1).permute(2, 0, 1)  # a no-op cast unless autocast
 
             return mask_after
         if _by_product(components, layer):
-            p_cols = (a @ b).permute(0, 3, 1, 2).reshape(n_inst, d_out, C * d_in)
+            p_cols = product(layer).permute(0, 3, 1, 2).reshape(n_inst, d_out, C * d_in)
 
             def mask_before(h: Tensor) -> Tensor:
-                h_t = h.permute(1, 2, 0).unsqueeze(1)  # (I, 1, d_in, batch)
-                masked = (mask_t.to(h.dtype) * h_t).view(n_inst, C * d_in, -1)
+                masked = (mask_t.to(h.dtype) * _rows(h).unsqueeze(1)).view(n_inst, C * d_in, -1)
                 return torch.bmm(p_cols, masked).permute(2, 0, 1)
 
             return mask_before
@@ -640,13 +647,21 @@ def dense_masked_fns(
         b_cols = b.reshape(n_inst, C * m, d_out).transpose(1, 2)
 
         def by_factors(h: Tensor) -> Tensor:
-            inner = torch.bmm(a_rows, h.permute(1, 2, 0)).view(n_inst, C, m, -1)
+            inner = torch.bmm(a_rows, _rows(h)).view(n_inst, C, m, -1)
             inner = inner * mask_t.to(inner.dtype)
             return torch.bmm(b_cols, inner.view(n_inst, C * m, -1)).permute(2, 0, 1)
 
         return by_factors
 
     return {layer.name: make(layer) for layer in layers}
+
+
+def _rows(h: Tensor) -> Tensor:
+    """`h (batch, I, d)` as `(I, d, batch)`, contiguous: a copy only for the step's input x.
+
+    The backward's `grad @ h^T` reads it again, 4x faster contiguous than along x's strided rows.
+    """
+    return h.permute(1, 2, 0).contiguous()
 
 
 def _by_product(components: Components, layer: Layer) -> bool:
