@@ -515,12 +515,34 @@ def fast_attributions(
 
 @functools.cache
 def compiled_attributions() -> Callable[..., Tensor]:
-    """`fast_attributions` through `torch.compile` (`compile: true`), built on first use.
+    """`fast_attributions` through `torch.compile` (`compile`), built on first use.
 
-    It fuses the elementwise work after each matmul (2x on TMS 40-10 on a CPU); each new target,
-    batch shape or attribution type compiles again (10-60 s on a CPU).
+    It fuses the elementwise work after each matmul; each new target, batch shape or attribution
+    type compiles again (10-20 s on a CPU).
     """
     return torch.compile(fast_attributions, dynamic=False)
+
+
+AUTO_COMPILE_STEPS = 2000
+"""`compile: auto` never compiles shorter runs: TMS 40-10 pays its ~16 s back after ~600 steps."""
+AUTO_COMPILE_ELEMENTS = 2**23
+"""`compile: auto` compiles the TMS closed form when its tangent tensor `(batch, I, C, d_L)` has this many
+elements: eager's square, mask and sum then each stream it through memory, the compiled kernel once."""
+
+
+def use_compile(setting: bool | str, *, steps: int, kind: str, target: Target, C: int, x: Tensor) -> bool:
+    """Whether the step attributes through `compiled_attributions` (the `compile` setting; `auto`: see above).
+
+    Measured on the CPU (bench/RESULTS.md): 1.25x the steps/s on TMS 40-10 (tangent 12M elements), no
+    change on TMS 5-2 (0.6M), 0.84x on resid-mlp-1 (its attributions are large matmuls already).
+    """
+    if setting != "auto":
+        return bool(setting)
+    if x.device.type != "cpu" or steps < AUTO_COMPILE_STEPS:
+        return False
+    if kind not in ("gradient", "gradient_apd") or type(target) not in PASS_FREE_RULES:
+        return False
+    return x.shape[0] * x.shape[1] * C * target.n_outputs >= AUTO_COMPILE_ELEMENTS
 
 
 # ---------------------------------------------------------------------------------------------

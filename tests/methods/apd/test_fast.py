@@ -448,3 +448,21 @@ def test_attributions_skip_all_zero_samples(family: str, kind: str, monkeypatch:
         grads.append([p.grad.clone() for p in comps.parameters()])  # type: ignore[union-attr]
     for e, a in zip(*grads, strict=True):
         close(a, e)
+
+
+def test_compile_auto_only_for_long_cpu_runs_of_large_tms_tangents() -> None:
+    tms_40_10, tms_5_2 = TMS(40, 10, n_instances=3), TMS(5, 2, n_instances=12)
+    resid = ResidMLP(100, 1000, 50, n_instances=1)
+    big, small = torch.empty(2048, 3, 40), torch.empty(2048, 12, 5)  # tangents 2048*3*50*40, 2048*12*5*5
+
+    def use(setting: bool | str, target: Target, x: Tensor, *, steps: int = 20000, C: int = 50, kind: str = "gradient"):
+        return fast.use_compile(setting, steps=steps, kind=kind, target=target, C=C, x=x)
+
+    assert use("auto", tms_40_10, big)
+    assert use("auto", tms_40_10, big, kind="gradient_apd")
+    assert not use("auto", tms_40_10, big, steps=1999)  # a short run never pays the compilation
+    assert not use("auto", tms_40_10, big, kind="activation")  # not measured
+    assert not use("auto", tms_40_10, big.to("meta"))  # not measured off the CPU
+    assert not use("auto", tms_5_2, small, C=5)  # 0.6M elements: no gain
+    assert not use("auto", resid, torch.empty(256, 1, 100), C=130)  # slower compiled
+    assert use(True, tms_5_2, small, steps=10) and not use(False, tms_40_10, big)

@@ -22,6 +22,7 @@ from apd.methods.apd.fast import (
     needs_graph,
     reuse_freed_memory,
     target_pass,
+    use_compile,
 )
 from apd.methods.apd.losses.faithfulness import faithfulness_loss
 from apd.methods.apd.losses.lp_sparsity import lp_sparsity_loss, lp_weights
@@ -122,7 +123,8 @@ def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor
     if faithful:
         terms["faithfulness_loss"] = sq / n_params if cfg.faithfulness_norm == "mean" else sq
 
-    attribute = compiled_attributions() if cfg.compile else fast_attributions
+    compiled = use_compile(cfg.compile, steps=cfg.steps, kind=cfg.attribution_type, target=target, C=components.C, x=x)
+    attribute = compiled_attributions() if compiled else fast_attributions
     if cfg.topk is None:  # Lp APD: attributions stay differentiable w.r.t. the components
         attr = attribute(cfg.attribution_type, target, components, x, run=run)
         assert cfg.pnorm is not None
