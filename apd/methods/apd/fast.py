@@ -1,19 +1,26 @@
-"""The fast APD step (method notes 1.4, 6): attributions for all outputs at once, a sparse top-k pass.
+"""The fast APD step (method notes 1.4, 6): attributions for all outputs at once, a cheap top-k pass.
 
 Same numbers as the reference code (`apd.methods.apd.attributions`, `Components.layer_fn`) up to float
-rounding; `tests/core/test_fast.py` checks every target family and attribution type.
+rounding; `tests/methods/apd/test_fast.py` checks every target family and attribution type.
 
 * Gradient attributions `attr_c = sum_o s_{c,o}^2` need the output tangents
   `s_{c,o} = sum_l g_{o,l} . u_{c,l}`: the change of output o when every layer's weight moves
   along component c. TMS and residual MLPs get them in closed form (`GRADIENT_RULES`: forward mode
   in folded coordinates, `u_{c,l} M = (a_l A_c)(B_c M)` wherever the map M after layer l is
-  linear, or `a_l (A_c B_c M)` where d_l is small as in TMS, so no `(batch, C, d_out)` tensor per
-  layer and no per-output loop); any other target gets all d_L
-  output gradients from one batched backward (`is_grads_batched`).
+  linear; TMS folds every layer into one `(n_in, C d_L)` matrix, so its tangents are `x G` and
+  need no forward pass), with no `(batch, C, d_out)` tensor per layer and no per-output loop;
+  on the CPU they skip all-zero samples. Any other target gets all d_L output gradients from one
+  batched backward (`is_grads_batched`).
 * Activation attributions use `|inner_c B_c|^2 = inner_c (B_c B_c^T) inner_c^T`; ablation runs the
   C ablated models as a few batched forwards of `h = a W_sum - (a A_c) B_c`.
-* The top-k pass computes only the active (sample, component) pairs (`ActivePairs`); building
-  them reads their shape on the host, so `masked_forward: auto` uses it on the CPU only.
+* The top-k pass is dense (`dense_masked_fns`: batch innermost, `P_c = A_c B_c` where cheaper) or
+  computes only the active (sample, component) pairs (`ActivePairs`, whose shape is read on the
+  host, so `masked_forward: auto` uses it on the CPU only, and only for large dense passes).
+* Narrow targets (TMS) run their layers with the batch innermost (`batch_last`); the faithfulness
+  and Schatten terms and the factors' gradients come from one node per parameter
+  (`apd.methods.apd.losses.param_terms`); `compile: auto` compiles the attributions where that
+  pays (`use_compile`); on the CPU glibc keeps freed blocks for reuse (`reuse_freed_memory`).
+  Where the time goes, before and after: bench/RESULTS.md.
 """
 
 from __future__ import annotations

@@ -466,3 +466,14 @@ def test_compile_auto_only_for_long_cpu_runs_of_large_tms_tangents() -> None:
     assert not use("auto", tms_5_2, small, C=5)  # 0.6M elements: no gain
     assert not use("auto", resid, torch.empty(256, 1, 100), C=130)  # slower compiled
     assert use(True, tms_5_2, small, steps=10) and not use(False, tms_40_10, big)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("masked_forward", ["auto", "sparse"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("family", ["tms", "tms-id", "resid1", "resid2", "gated", "file"])
+def test_fast_step_matches_the_reference_on_cuda(family: str, kind: str, masked_forward: str) -> None:
+    """The GPU paths (`auto` is dense there; sparse reads its block shapes on the host) give the reference step."""
+    target = make_target(family)
+    x, comps = inputs(target, 16).cuda(), near_target(target).cuda()  # drawn on the CPU, as in the CPU tests
+    assert_same_step(config(kind, masked_forward=masked_forward), target.cuda(), comps, x)
