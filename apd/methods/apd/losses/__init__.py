@@ -99,8 +99,9 @@ def _fast_loss(cfg: APDConfig, target: Target, components: Components, x: Tensor
     """The same terms as `_naive_loss` (up to float rounding) from fewer, cheaper passes (`apd.methods.apd.fast`).
 
     One target pass gives the labels, the act-recon targets and the attribution inputs; the full
-    APD forward runs only for `out_recon_coeff`; top-k attributions run without a graph; the masked
-    forward computes only the active components where that pays.
+    APD forward runs only for `out_recon_coeff`; faithfulness and Schatten come from one node per
+    parameter (`param_terms`), whose factor aliases the masked forward reads; top-k attributions run
+    without a graph; the masked forward computes only the active components where that pays.
     """
     layers = target.layers
     weights = {p: w.detach() for p, w in target.weights().items()}
