@@ -72,7 +72,9 @@ def decompose(
     method: Method = method_of(cfg)
     device = next(iter(target.buffers()), next(target.parameters())).device
     comps = components if components is not None else make_components(cfg, target, device)
-    opt = torch.optim.AdamW(method.parameters(comps), lr=cfg.lr, weight_decay=0.0)
+    # fused: one pass over each parameter instead of ~7 (on the CPU the per-tensor loop cost 10x more)
+    fused = device.type in ("cpu", "cuda")
+    opt = torch.optim.AdamW(method.parameters(comps), lr=cfg.lr, weight_decay=0.0, fused=fused)
     sampling = sampling_generator(cfg, device)
     start, records = 0, list[StepRecord]()
     resumed_at = -1

@@ -21,11 +21,11 @@ def keep_largest(scores: Tensor, k: int | Tensor, k_max: int | None = None) -> T
     top = min(k if isinstance(k, int) else (k_max if k_max is not None else int(k.max())), n)
     if top <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
-    ranked = scores.topk(top, dim=-1).values  # descending
-    if isinstance(k, int):
-        kth, count = ranked[..., top - 1 :], top
-        need: Tensor | int = count
+    if isinstance(k, int):  # the k-th largest is the smallest of the k largest: no sort needed (20 % of topk)
+        kth = scores.topk(top, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+        need: Tensor | int = top
     else:
+        ranked = scores.topk(top, dim=-1).values  # descending
         count_t = k.clamp(max=n).expand(*scores.shape[:-1], 1)
         kth = ranked.gather(-1, count_t - 1)
         need = count_t

@@ -17,9 +17,18 @@ from torch import Tensor
 from apd.methods.apd.attributions import attributions
 from apd.methods.apd.components import Components
 from apd.methods.apd.config import APDConfig
-from apd.methods.apd.fast import compiled_attributions, fast_attributions, masked_layer_fns, needs_graph, target_pass
+from apd.methods.apd.fast import (
+    compiled_attributions,
+    fast_attributions,
+    masked_layer_fns,
+    needs_graph,
+    reuse_freed_memory,
+    target_pass,
+    use_compile,
+)
 from apd.methods.apd.losses.faithfulness import faithfulness_loss
 from apd.methods.apd.losses.lp_sparsity import lp_sparsity_loss, lp_weights
+from apd.methods.apd.losses.param_terms import param_terms
 from apd.methods.apd.losses.reconstruction import act_recon_loss, topk_recon_loss
 from apd.methods.apd.losses.schatten import schatten_loss
 from apd.methods.apd.topk import topk_mask
@@ -101,24 +110,35 @@ def _fast_loss(
     """The same terms as `_naive_loss` (up to float rounding) from fewer, cheaper passes (`apd.methods.apd.fast`).
 
     One target pass gives the labels, the act-recon targets and the attribution inputs; the full
-    APD forward runs only for `out_recon_coeff`; top-k attributions run without a graph; the masked
-    forward computes only the active components where that pays.
+    APD forward runs only for `out_recon_coeff`; faithfulness and Schatten come from one node per
+    parameter (`param_terms`), whose factor aliases the masked forward reads; top-k attributions run
+    without a graph; the masked forward computes only the active components where that pays.
     """
     layers = target.layers
     weights = {p: w.detach() for p, w in target.weights().items()}
     n_params = sum(weights[layer.param][0].numel() for layer in layers)
     terms: dict[str, Tensor] = {}
 
+    if x.device.type == "cpu":
+        reuse_freed_memory()
     run = target_pass(target, x, graph=needs_graph(cfg.attribution_type, target))
     labels = run.detached()
     if cfg.out_recon_coeff is not None:
         with _autocast(cfg, x):
             out_full = target(x, components.layer_fns(layers))
+        assert labels.out is not None
         terms["out_recon_loss"] = topk_recon_loss(out_full.to(x.dtype), labels.out)
-    if cfg.param_match_coeff is not None:
-        terms["faithfulness_loss"] = faithfulness_loss(weights, components, layers, norm=cfg.faithfulness_norm)
+    faithful = cfg.param_match_coeff is not None
+    p = _schatten_p(cfg, members, x) if cfg.schatten_coeff is not None else None
+    # the fused node takes one p; a pack whose members differ in p takes the per-instance path
+    fused_schatten = isinstance(p, float) and cfg.lp_schatten_form == "paper"
+    schatten_p = p if isinstance(p, float) and fused_schatten else None
+    sq, norms, factors = param_terms(weights, components, layers, faithfulness=faithful, schatten_p=schatten_p)
+    if faithful:
+        terms["faithfulness_loss"] = sq / n_params if cfg.faithfulness_norm == "mean" else sq
 
-    attribute = compiled_attributions() if cfg.compile else fast_attributions
+    compiled = use_compile(cfg.compile, steps=cfg.steps, kind=cfg.attribution_type, target=target, C=components.C, x=x)
+    attribute = compiled_attributions() if compiled else fast_attributions
     if cfg.topk is None:  # Lp APD: attributions stay differentiable w.r.t. the components
         attr = attribute(cfg.attribution_type, target, components, x, run=run)
         assert cfg.pnorm is not None
@@ -128,9 +148,10 @@ def _fast_loss(
         with torch.no_grad():  # only the discrete mask is used
             attr = attribute(cfg.attribution_type, target, components, x, run=run)
             mask = _topk(cfg, attr, x, members)
-        fns = masked_layer_fns(components, layers, mask, mode=cfg.masked_forward)
+        fns = masked_layer_fns(components, layers, mask, mode=cfg.masked_forward, factors=factors)
         with _autocast(cfg, x):
             out_topk, topk_cache = run_with_cache(target, x, fns)
+        assert labels.out is not None
         terms["topk_recon_loss"] = topk_recon_loss(out_topk.to(x.dtype), labels.out)
         if cfg.act_recon_coeff is not None:
             names = target.act_recon_layers
@@ -139,9 +160,12 @@ def _fast_loss(
                 [labels.cache[n][1] for n in names],
                 relu=target.act_recon_relu,
             )
-    if cfg.schatten_coeff is not None:
+    if fused_schatten:  # `sum_b s_bc` first (a count for top-k): the per-component norms do not depend on the sample
+        terms["schatten_loss"] = (mask.sum(0).to(norms.dtype) * norms).sum(-1) / (n_params * mask.shape[0])
+    elif cfg.schatten_coeff is not None:
+        assert p is not None
         terms["schatten_loss"] = schatten_loss(
-            components, layers, mask, p=_schatten_p(cfg, members, x), n_params=n_params, form=cfg.lp_schatten_form
+            components, layers, mask, p=p, n_params=n_params, form=cfg.lp_schatten_form
         )
     return _total(cfg, terms, mask, members)
 
