@@ -108,7 +108,6 @@ def answer(
         return (
             f"No trial of {label} recovered the ground truth (0/{n_inst} instances over {len(judged)} judged seeds "
             f"in {n_set} {unit}); the instances fail by {_modes_text(counts, n_inst)}."
-            f"{why_phrase(trials, judged_settings, ranked)}"
         )
     best = judged_settings.sort_values(["rate", "n_judged"], ascending=False).iloc[0]
     params = ", ".join(f"{short(c)}={fmt_value(best[c])}" for c in param_columns(settings) if not is_missing(best[c]))
@@ -128,12 +127,14 @@ def answer(
 
 
 def why_phrase(trials: pd.DataFrame, settings: pd.DataFrame, ranked: Sequence[str]) -> str:
-    """How failures differ on either side of the best setting along the most important numeric parameter:
-    ` Below topk 0.211 instances fail mostly by non-distinct matching (32/36); above it by low ML2R (35/36).`
+    """How failures differ on either side of the recovering band along the most important numeric parameter:
+    ` Below topk 0.211, instances fail mostly by non-distinct matching (32/36); above 0.211, by low ML2R (35/36).`
 
-    Each side names the failure mode most typical of it: the largest excess of its share of that side's
-    instances over its share of the other side's (modes every failing instance has say nothing about
-    where the boundary lies). Empty when no numeric parameter varies or no side fails.
+    The band is the range of that parameter over the recovering settings (the best setting when none
+    recovers). Each side names the failure mode most typical of it: the largest excess of its share of
+    that side's instances over its share of the other side's (modes every failing instance has say nothing
+    about where the boundary lies). Empty when no numeric parameter varies, no side fails, or both sides fail
+    the same way (the answer's list of modes already says it); the caller leaves it out when nothing recovered.
     """
     judged = settings[settings["n_judged"] > 0] if len(settings) else settings
     numeric = [
@@ -147,14 +148,20 @@ def why_phrase(trials: pd.DataFrame, settings: pd.DataFrame, ranked: Sequence[st
     if not numeric or judged.empty:
         return ""
     param = numeric[0]
-    best = judged.sort_values(["rate", "n_judged"], ascending=False).iloc[0][param]
+    good = judged[judged["recovers"]] if "recovers" in judged.columns else judged.iloc[:0]
+    if good.empty:
+        good = judged.sort_values(["rate", "n_judged"], ascending=False).iloc[:1]
+    lo, hi = float(good[param].min()), float(good[param].max())
     inst = instances(trials)
     if param not in inst.columns or inst.empty:
         return ""
-    sides = {"below": inst[inst[param] < best], "above": inst[inst[param] > best]}
-    parts = []
-    for side, rows in sides.items():
-        other = inst[(inst[param] > best) if side == "below" else (inst[param] < best)]
+    sides = {
+        f"below {short(param)} {fmt_value(lo)}": (inst[inst[param] < lo], inst[inst[param] > hi]),
+        f"above {fmt_value(hi)}": (inst[inst[param] > hi], inst[inst[param] < lo]),
+    }
+    parts: list[str] = []
+    modes: list[str] = []
+    for i, (side, (rows, other)) in enumerate(sides.items()):
         failed = rows[~rows["success"]]
         if failed.empty:
             continue
@@ -163,12 +170,14 @@ def why_phrase(trials: pd.DataFrame, settings: pd.DataFrame, ranked: Sequence[st
             other_share = other[~other["success"]].explode("modes")["modes"].value_counts() / len(other)
             share = share - other_share.reindex(share.index).fillna(0.0)
         mode = str(share.idxmax())
+        modes.append(mode)
         k = int(failed["modes"].apply(lambda m, mode=mode: mode in m).sum())
-        parts.append(
-            f"{side} {short(param)} {fmt_value(best)} instances fail mostly by {mode} ({format_rate(k, len(rows))})"
-        )
-    if not parts:
-        return ""
+        if i == 1 and not parts:
+            side = f"above {short(param)} {fmt_value(hi)}"
+        lead = "instances fail mostly by " if not parts else "by "
+        parts.append(f"{side}, {lead}{mode} ({format_rate(k, len(rows))})")
+    if not parts or (len(modes) == 2 and modes[0] == modes[1]):
+        return ""  # one failure mode on both sides says nothing about the boundary
     text = "; ".join(parts)
     return f" {text[0].upper()}{text[1:]}."
 

@@ -15,7 +15,8 @@ ANSWER = (
     "2 of 8 settings recovered TMS 5-2 (tms-5-2) with APD (>= 90% of judged instances, >= 3 seeds): "
     "6/6 instances over 6 seeds; recovery needs topk in [0.2, 0.3] and schatten_coeff = 1.0; outside that band "
     "16 of 18 instances fail, by weights off the true mechanisms (11/16), low MMCS (6/16), "
-    "non-distinct matching (5/16)."
+    "non-distinct matching (5/16). Below topk 0.2, instances fail mostly by low MMCS (6/6); above 0.3, by "
+    "non-distinct matching (5/6)."
 )
 """Outside the band (6 settings x 3 seeds = 18 instances, 2 recovered): topk 0.1 has low MMCS (6), which also
 misaligns the mechanisms; topk 0.5 merges (5, plus 1 diverged), non-distinct and misaligned; so 11 misaligned."""
@@ -195,7 +196,8 @@ def test_residual_mlp_sweep(resid_sweep: Path, tmp_path: Path) -> None:
     assert a.answer == (
         "1 of 2 settings recovered residual MLP, 1 layer (resid-mlp-1) with APD (>= 90% of judged instances, "
         ">= 3 seeds): 3/3 instances over 3 seeds; recovery needs topk = 0.5; outside that band 3 of 3 instances "
-        "fail, by shared components (low dedicated fraction) (3/3)."
+        "fail, by shared components (low dedicated fraction) (3/3). Below topk 0.5, instances fail mostly by "
+        "shared components (low dedicated fraction) (3/3)."
     )
     from apd.analysis import write_report
 

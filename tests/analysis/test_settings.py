@@ -183,7 +183,28 @@ def test_the_answer_says_how_failures_differ_on_either_side_of_the_best_setting(
     table = settings_table(df, min_seeds=2)
     # low MMCS fails on both sides (1/2 each: no excess), so each side names its own mode
     assert why_phrase(df, table, ["param.topk"]) == (
-        " Below topk 0.2 instances fail mostly by non-distinct matching (2/2); "
-        "above topk 0.2 instances fail mostly by split features (2/2)."
+        " Below topk 0.2, instances fail mostly by non-distinct matching (2/2); above 0.2, by split features (2/2)."
     )
     assert why_phrase(df, table, []) == ""  # no numeric parameter ranked: nothing to say
+
+
+def test_the_boundary_sides_lie_outside_the_whole_recovering_band() -> None:
+    from apd.analysis._answer import why_phrase
+
+    frame = _boundary_frame()
+    # a second recovering setting at topk 0.25: the band is [0.2, 0.25], "above" starts past 0.25
+    extra = frame[frame["param.topk"] == 0.2].copy()
+    extra["param.topk"] = 0.25
+    extra["trial_id"] = extra["trial_id"] + "b"
+    df = add_outcomes(with_setting_ids(pd.concat([frame, extra], ignore_index=True)))
+    table = settings_table(df, min_seeds=2)
+    assert why_phrase(df, table, ["param.topk"]).endswith("above 0.25, by split features (2/2).")
+    # the same single mode on both sides says nothing about the boundary
+    same = frame.copy()
+    for col in ("metric.check_split_per_instance", "metric.check_mmcs_per_instance"):
+        same.loc[same["param.topk"] != 0.2, col] = same.loc[same["param.topk"] != 0.2, col].apply(lambda _: [1])
+    same.loc[same["param.topk"] != 0.2, "metric.check_one_to_one_per_instance"] = same.loc[
+        same["param.topk"] != 0.2, "metric.check_one_to_one_per_instance"
+    ].apply(lambda _: [0])
+    df = add_outcomes(with_setting_ids(same))
+    assert why_phrase(df, settings_table(df, min_seeds=2), ["param.topk"]) == ""

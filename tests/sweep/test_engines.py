@@ -39,10 +39,10 @@ def study_states(out: Path, name: str) -> Counter[str]:
 # A grid whose outcomes are known in advance (one trial at a time, so ASHA's order is fixed):
 #   lr 0.01 on cpu -> COMPLETE; lr 0.01 on device "bogus" -> FAILED (the run raises);
 #   lr 0.02 -> PRUNED at step 20 (ASHA on lr, min: worse than the 0.01 trial at that rung);
-#   lr 1e8 -> DIVERGED (NaN within a few steps).
+#   lr 1e30 -> DIVERGED (float32 overflows to NaN within a few steps).
 FAULTS = {
     "parameters": {
-        "lr": {"type": "categorical", "values": [0.01, 0.02, 1.0e8]},
+        "lr": {"type": "categorical", "values": [0.01, 0.02, 1.0e30]},
         "device": {"type": "categorical", "values": ["cpu", "bogus"], "when": {"lr": 0.01}},
     },
     "seeds": [0],

@@ -17,10 +17,10 @@ from apd.sweep.spec import validate_spec
 from tests.sweep.conftest import sweep_dict, trial_rows, write_sweep
 from tests.sweep.test_engines import args
 
-# a grid of 2 lrs x 2 seeds as one pack of 4: lr 1e8 diverges within a few steps, lr 0.01 completes
+# a grid of 2 lrs x 2 seeds as one pack of 4: lr 1e30 overflows float32 within a few steps, lr 0.01 completes
 PACKED = {
     "name": "packed",
-    "parameters": {"lr": {"type": "categorical", "values": [0.01, 1.0e8]}},
+    "parameters": {"lr": {"type": "categorical", "values": [0.01, 1.0e30]}},
     "seeds": [0, 1],
     "search": {"algorithm": "grid"},
     "pack": 4,
@@ -32,7 +32,7 @@ def check_packed(out: Path, engine: str) -> None:
     rows = trial_rows(out)
     assert len(rows) == 4
     status = {(r["param.lr"], r["seed"]): r["status"] for r in rows.values()}
-    assert status == {(0.01, 0): "COMPLETE", (0.01, 1): "COMPLETE", (1e8, 0): "DIVERGED", (1e8, 1): "DIVERGED"}
+    assert status == {(0.01, 0): "COMPLETE", (0.01, 1): "COMPLETE", (1e30, 0): "DIVERGED", (1e30, 1): "DIVERGED"}
     for r in rows.values():
         assert r["engine"] == engine and r["node"]
         if r["status"] == "COMPLETE":
