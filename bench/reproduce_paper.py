@@ -6,7 +6,7 @@
 Each run is a full `apd.run.run_decomposition` (target trained and cached on first use). The
 paper's table reports one model instance (5-2: instance 0, 40-10: instance 2) with "±" = std over
 features; here every instance is decomposed and judged, and we print the mean over instances,
-the paper's instance and the verdict (method notes 9). `--steps` shortens runs for slow machines;
+the paper's instance and the verdict (docs/method.md §9). `--steps` shortens runs for slow machines;
 the printed table says which steps were used.
 """
 
