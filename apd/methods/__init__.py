@@ -19,6 +19,7 @@ from apd.methods.base import Decomposition, Method, StepOutput
 
 METHODS: dict[str, str] = {
     "apd": "apd.methods.apd:APD",
+    "spd": "apd.methods.spd:SPD",
 }
 """Method name -> `module:class` of its `Method` (imported on first use)."""
 
