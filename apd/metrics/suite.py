@@ -1,7 +1,8 @@
 """`evaluate`: every ground-truth metric of one decomposition and its verdict (method notes 4, 9).
 
 Dispatches on the target family: TMS (MMCS/ML2R), residual MLP (neuron contributions, feature
-map, per-feature and scrubbing losses); the identity-pattern error is computed for every target.
+map, per-feature and scrubbing losses; single-group methods only, e.g. APD); the identity-pattern
+error is computed for every target, per component group and summed.
 Tensors stay on the components' device; only the final numbers and figure arrays go to the host.
 """
 
@@ -282,14 +283,19 @@ def evaluate(
     ev: EvalConfig = cfg.eval
     device = next(components.parameters()).device
     onehot = one_hot_inputs(target.n_inputs, target.n_instances, device)
-    onehot_attr = eval_importances(cfg, target, components, onehot).transpose(0, 1)  # (I, f, C)
-    ident = identity_pattern(onehot_attr, ev.identity_tol)
+    groups = method_of(cfg).importances(cfg, target, components, onehot)
+    # one identity pattern per component group (SPD: per matrix), counts summed over groups;
+    # the first group's pattern is the one drawn
+    patterns = [identity_pattern(attr.transpose(0, 1), ev.identity_tol) for attr in groups.values()]
+    onehot_attr = next(iter(groups.values())).transpose(0, 1)  # (I, f, C)
+    ident = patterns[0]
+    error = np.sum([p.error for p in patterns], axis=0)
     metrics: dict[str, Any] = {
         "n_features": target.n_inputs,
-        "identity_error": int(ident.error.sum()),
-        "identity_off_diag": int(ident.off_diag.sum()),
-        "identity_diag_miss": int(ident.diag_miss.sum()),
-        "identity_error_per_instance": ident.error,
+        "identity_error": int(error.sum()),
+        "identity_off_diag": int(sum(p.off_diag.sum() for p in patterns)),
+        "identity_diag_miss": int(sum(p.diag_miss.sum() for p in patterns)),
+        "identity_error_per_instance": error,
     }
     artifacts: dict[str, Any] = {
         "onehot_attributions": host(onehot_attr),
@@ -299,7 +305,7 @@ def evaluate(
     }
     if isinstance(target, TMS):
         family_metrics, family_artifacts = evaluate_tms(target, components)
-    elif isinstance(target, ResidMLP):
+    elif isinstance(target, ResidMLP) and len(groups) == 1:  # its metrics assume components span the layers
         gen = generator or torch.Generator(device=device).manual_seed(cfg.seed)
         resid_labels = label_fn(target, labels)
         assert resid_labels is not None  # residual MLPs always have a fallback
