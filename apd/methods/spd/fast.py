@@ -70,8 +70,7 @@ def kept_rows(active: Tensor) -> Tensor:
     n is read on the host (the one sync of the step), at least 1.
     """
     n = max(int(active.sum(0).max()), 1)
-    order = torch.argsort((~active).to(torch.uint8), dim=0, stable=True)
-    return order[:n]
+    return active.to(torch.float32).topk(n, dim=0, sorted=False).indices  # every active row, in any order
 
 
 def take(t: Tensor, rows: Tensor) -> Tensor:
@@ -154,7 +153,9 @@ class GenericRunner(Runner):
             out, cache = run_with_cache(target, x)
         rows = None
         if skip:
-            active = torch.stack([a.ne(0).any(-1) for a, _ in cache.values()]).any(0)
+            active = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+            for a, _ in cache.values():
+                active |= a.ne(0).any(-1)
             rows = kept_rows(active)
             x, out = take(x, rows), take(out, rows)
             cache = {k: (take(a, rows), take(o, rows)) for k, (a, o) in cache.items()}

@@ -24,7 +24,8 @@ ALL_TERMS = dict(n_mask_samples=2, recon_coeff=0.5, recon_layerwise_coeff=0.3, o
 
 
 def assert_same_step(cfg: SPDConfig, target: Target, comps: SPDComponents, x: torch.Tensor) -> None:
-    noise = draw_noise(cfg, (len(target.layers), x.shape[0], x.shape[1], cfg.C), torch.Generator().manual_seed(3))
+    gen = torch.Generator(device=x.device).manual_seed(3)
+    noise = draw_noise(cfg, (len(target.layers), x.shape[0], x.shape[1], cfg.C), gen)
     params = list(comps.parameters())
     ref = naive_loss(cfg, target, comps, x, torch.Generator(), noise=noise)
     ref_grads = torch.autograd.grad(ref.total, params)
