@@ -1,6 +1,18 @@
 """SPD's settings (docs/spd.md §1, §8.1). Keys are named as in the SPD paper branch's `Config` (`C`,
 `n_ci_mlp_neurons`, `faithfulness_coeff`, `stochastic_recon_coeff`, ...), so the paper's tables
-read straight into a YAML file. Each default names the variant it follows (docs/spd.md §6)."""
+read straight into a YAML file. Each default names the variant it follows (docs/spd.md §6):
+
+* item 4, faithfulness N: the code's (decomposed matrices only, the tied one twice);
+* item 5, layerwise masks: the code's fresh draws (`apd.methods.spd.masks`);
+* item 6, cosine: the shared `lr_schedule: cosine` is the paper branch's quarter cosine (main's half
+  cosine to a final fraction is not offered: it would be a shared-schedule change);
+* item 7, mask sigmoid: `lower_sigmoid` (paper default, main's as an option);
+* item 8, CI input: not detached, as the code (A also learns from the CI side);
+* item 9, tied TMS: `tied_mode` (the code's aliasing by default, `shared` as an option);
+* item 12, init: `init` (the code's projection by default, main's normal + warm-up as an option);
+* item 15, coefficient 0.0: the term is skipped (exact);
+* item 20, randomness: masks draw from the loop's own sampling generator, apart from data and init.
+"""
 
 from __future__ import annotations
 
