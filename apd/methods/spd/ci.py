@@ -127,4 +127,5 @@ def batched_gate(h: Tensor, weights: tuple[Tensor, ...], *, compile: bool = Fals
     flat = [w.reshape(-1, G) for w in (w_in, b_in, w_out)]
     gate_fn = _compiled_gate() if compile else _BatchedGateMLP.apply
     out: Tensor = gate_fn(hk, *flat, b_out.reshape(-1))
-    return out.view(L, n_inst, C, n).permute(0, 3, 1, 2)
+    # contiguous in (L, n, I, C): every elementwise op downstream (sigmoids, masks) then runs vectorised
+    return out.view(L, n_inst, C, n).permute(0, 3, 1, 2).contiguous()
