@@ -6,7 +6,9 @@ after an edit here:
     .venv/bin/python analysis/make_notebooks.py
 
 Both take their inputs from a first cell tagged `parameters` (papermill-style) that reads
-environment variables, e.g. `APD_RESULTS=out/tms-5-2 jupyter lab analysis/recovery.ipynb`.
+environment variables, e.g. `APD_RESULTS=out/tms-5-2 jupyter lab analysis/recovery.ipynb`. The kernel
+runs in `analysis/`, so relative paths are resolved from where jupyter was started (`$PWD`) or the
+repository root (`apd.analysis.resolve_results`).
 """
 
 from __future__ import annotations
@@ -39,15 +41,17 @@ def recovery_notebook() -> nbformat.NotebookNode:
 # Which settings recover the ground truth, how reliably, and why
 
 Loads one or several sweep outputs (`OUT/trials.parquet`, `history.parquet`, `sweep.yaml`) and answers
-the recovery question with `apd.analysis` — the same analysis as `apd analyze OUT`. A setting
-(same parameters, different seeds) *recovers* when the verdict holds on `SHARE` of its judged seeds
-and it has at least `MIN_SEEDS`. Counts are always shown as recovered/judged.
+the recovery question with `apd.analysis` — the same analysis as `apd analyze OUT`, one section per
+method and target. Every (trial, model instance) is one judged replicate. A setting (same parameters,
+different seeds) *recovers* when it has at least `MIN_SEEDS` judged seeds and the verdict holds on at
+least `SHARE` of its judged instances. Counts are always shown as recovered/judged.
 """),
         _params("""
 import os
 
-RESULTS = os.environ.get("APD_RESULTS", "out/tms-5-2")  # sweep output folder(s), comma-separated
-SHARE = float(os.environ.get("APD_SHARE", "1.0"))  # share of a setting's seeds that must recover
+RESULTS = os.environ.get("APD_RESULTS", "out/tms-5-2")  # sweep output folder(s), comma-separated; relative to
+# where jupyter was started or the repository root
+SHARE = float(os.environ.get("APD_SHARE", "0.9"))  # share of a setting's judged instances that must recover
 MIN_SEEDS = int(os.environ.get("APD_MIN_SEEDS", "3"))  # seeds a setting needs to count
 EVAL = os.environ.get("APD_EVAL", "")  # re-judge with other thresholds, e.g. "mmcs_min=0.999,ml2r_min=0.85"
 """),
@@ -56,10 +60,11 @@ EVAL = os.environ.get("APD_EVAL", "")  # re-judge with other thresholds, e.g. "m
 import pandas as pd
 from IPython.display import Markdown, display
 
-from apd.analysis import analyze, compare_with_paper, experiment_figures
+from apd.analysis import analyze, compare_with_paper, experiment_figures, failure_counts, resolve_results
 from apd.config import parse_overrides
 
-outs = [p.strip() for p in RESULTS.split(",") if p.strip()]
+outs = resolve_results(RESULTS)
+print("sweeps:", ", ".join(map(str, outs)))
 analysis = analyze(outs, share=SHARE, min_seeds=MIN_SEEDS)
 display(Markdown(f"**Answer.** {analysis.answer}"))
 """),
@@ -67,41 +72,50 @@ display(Markdown(f"**Answer.** {analysis.answer}"))
         _code("""
 for e in analysis.experiments:
     good = int(e.settings["recovers"].sum()) if len(e.settings) else 0
-    display(Markdown(f"### {e.experiment}: {good} of {len(e.settings)} settings recover"))
+    display(Markdown(f"### {e.label}: {good} of {len(e.settings)} settings recover"))
     cols = [c for c in e.settings.columns if c.startswith("param.")]
-    display(e.settings[["setting_id", *cols, "recovery", "seeds", "n_failed", "recovers"]].head(20))
+    shown = ["setting_id", *cols, "recovery", "trials_recovery", "seeds", "n_failed", "recovers"]
+    display(e.settings[shown].rename(columns={"recovery": "instances", "trials_recovery": "seeds, all"}).head(20))
 """),
         _md("## Best trial and the command that reruns it"),
         _code("""
 for e in analysis.experiments:
     if e.best is None:
-        print(f"{e.experiment}: no completed trial")
+        print(f"{e.label}: no completed trial")
         continue
-    print(f"{e.experiment}: trial {e.best['trial_id']} (seed {e.best['seed']}, {e.best['outcome']})")
-    print("  " + analysis.rerun(e.best))
+    b = e.best
+    rec = f"{b['n_recovered_instances']}/{b['n_judged_instances']} instances"
+    print(f"{e.label}: trial {b['trial_id']} (seed {b['seed']}, {b['outcome']}, {rec})")
+    print("  " + analysis.rerun(b))
 """),
         _md("""
 ## Figures
 
-Recovery maps over the most important parameter pairs, importances (PED-ANOVA), metrics against
-parameters, failure modes against top-k and the loss coefficients, learning curves by outcome and,
-for multi-objective sweeps, the Pareto front.
+Recovery maps (share of instances, binned parameters) over the most important parameter pairs, the
+settings in parallel coordinates, importances (PED-ANOVA), metrics against parameters, failure modes
+against top-k and the loss coefficients, learning curves by outcome and, for multi-objective sweeps,
+the Pareto front.
 """),
         _code("""
 for e in analysis.experiments:
     print(e.importance_note)
     figs = experiment_figures(analysis, e)
     if not figs:
-        print(f"{e.experiment}: nothing to plot")
+        print(f"{e.label}: nothing to plot")
     for fig in figs.values():
         display(fig)
 """),
-        _md("## Failure modes (judged trials)"),
+        _md("""
+## Failure modes (judged instances)
+
+Multi-label: an instance failing several checks of its family's verdict counts under each.
+"""),
         _code("""
 for e in analysis.experiments:
-    judged = e.trials[e.trials["judged"]]
-    modes = judged["failure_mode"].fillna("recovered").value_counts()
-    display(pd.DataFrame({"trials": [f"{k}/{len(judged)}" for k in modes]}, index=modes.index))
+    n = int(e.trials["n_judged_instances"].sum())
+    counts = failure_counts(e.trials)
+    display(Markdown(f"### {e.label}: {int(e.trials['n_recovered_instances'].sum())}/{n} instances recovered"))
+    display(counts.assign(instances=[f"{k}/{n}" for k in counts["instances"]]) if len(counts) else "no failures")
 """),
         _md("## Re-judged with other thresholds (`EVAL`)"),
         _code("""
@@ -115,7 +129,7 @@ else:
         _md("## Against the papers' TMS table"),
         _code("""
 table = compare_with_paper(analysis.trials, share=SHARE, min_seeds=MIN_SEEDS)
-display(table if len(table) else Markdown("_No TMS experiment in these sweeps._"))
+display(table if len(table) else Markdown("_No TMS target the papers report in these sweeps._"))
 """),
     ]
     return new_notebook(cells=cells, metadata={"kernelspec": KERNEL, "language_info": {"name": "python"}})
@@ -133,7 +147,8 @@ Leave `TRIAL` empty for the sweep's best trial.
         _params("""
 import os
 
-RESULTS = os.environ.get("APD_RESULTS", "out/tms-5-2")  # the sweep output folder
+RESULTS = os.environ.get("APD_RESULTS", "out/tms-5-2")  # the sweep output folder (relative to where jupyter
+# was started or the repository root)
 TRIAL = os.environ.get("APD_TRIAL", "")  # a trial id such as t0003; empty: the best trial
 RERENDER = os.environ.get("APD_RERENDER", "1") == "1"  # redraw the figures from components.pt
 DEVICE = os.environ.get("APD_DEVICE", "cpu")
@@ -145,24 +160,28 @@ import tempfile
 import pandas as pd
 from IPython.display import Image, Markdown, display
 
-from apd.analysis import analyze, load_trial, trial_dir
+from apd.analysis import analyze, load_trial, resolve_results, trial_dir
 from apd.analysis.figures import learning_curves_figure
 from apd.analysis.trial import rerender
 
-analysis = analyze([RESULTS], min_seeds=1)
+out = resolve_results(RESULTS)[0]
+print("sweep:", out)
+analysis = analyze([out], min_seeds=1)
 if not TRIAL:
     best = next((e.best for e in analysis.experiments if e.best is not None), None)
     if best is None:
-        raise SystemExit(f"{RESULTS}: no completed trial to show")
+        raise SystemExit(f"{out}: no completed trial to show")
     TRIAL = str(best["trial_id"])
 row = analysis.trial(TRIAL)
-display(Markdown(f"**Trial {TRIAL}** of {row['sweep']} ({row['experiment']}, seed {row['seed']}): {row['outcome']}"
-                 + (f", {row['failure_mode']}" if isinstance(row['failure_mode'], str) else "")))
+modes = ", ".join(row["failure_modes"])
+display(Markdown(f"**Trial {TRIAL}** of {row['sweep']} ({row['experiment']}, seed {row['seed']}): {row['outcome']}, "
+                 f"{row['n_recovered_instances']}/{row['n_judged_instances']} instances recovered"
+                 + (f"; failure modes: {modes}" if modes else "")))
 print(analysis.rerun(row))
 """),
         _md("## Parameters and metrics"),
         _code("""
-art = load_trial(trial_dir(RESULTS, TRIAL, analysis.trials))
+art = load_trial(trial_dir(out, TRIAL, analysis.trials))
 params = {c.removeprefix("param."): row[c] for c in row.index if c.startswith("param.")}
 display(pd.Series(params, name="value", dtype=object).to_frame())
 display(pd.Series(art.scalar_metrics(), name="value", dtype=object).to_frame())

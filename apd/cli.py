@@ -5,17 +5,41 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from apd.errors import ApdError, ConfigError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line (no usage block) with exit 2, like all bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
 def _decompose(args: argparse.Namespace) -> int:
-    from apd.config import load_config, parse_overrides
+    from apd.config import check_output_dir, load_config, parse_overrides
     from apd.run import run_decomposition
 
     cfg = load_config(args.experiment, parse_overrides(args.set))
+    if args.checkpoint_every is not None and args.checkpoint_every % cfg.log_every:
+        # checkpoints are taken at records: another interval would silently become a multiple of both
+        raise ConfigError(
+            f"--checkpoint-every: must be a multiple of log_every ({cfg.log_every}) (got {args.checkpoint_every})"
+        )
     name = Path(args.experiment).stem
     out = Path(args.out) if args.out else Path("runs") / f"{name}-seed{cfg.seed}"
+    check_output_dir(out)
     checkpoint = out / "checkpoint.pt"
     if (out / "metrics.json").exists():
         raise ConfigError(f"{out}: already holds a finished run; choose another --out")
@@ -31,20 +55,18 @@ def _decompose(args: argparse.Namespace) -> int:
 
 
 def summary(metrics: dict, out: Path) -> str:
+    """One line of the run's main numbers: status, losses, its family's metrics, the verdict."""
+    from apd.metrics.keys import family_kind
+    from apd.targets.registry import FAMILIES
+
+    family = FAMILIES.get(family_kind(metrics)) if "identity_error" in metrics else None
     keys = (
         "status",
         "steps_done",
         "total_loss",
         "faithfulness_loss",
         "topk_recon_loss",
-        "mmcs",
-        "ml2r",
-        "n_distinct",
-        "dedicated_fraction",
-        "n_mono",
-        "n_duo",
-        "n_poly",
-        "n_dead",
+        *(family.summary_keys if family is not None else ()),
         "identity_error",
         "recovered",
     )
@@ -59,8 +81,11 @@ def _fmt(v: object) -> str:
 
 
 def _train_target(args: argparse.Namespace) -> int:
-    from apd.targets import train_target_main
+    from apd.config import unknown_name
+    from apd.targets import target_names, train_target_main
 
+    if args.name not in target_names():
+        raise ConfigError(f"train-target: {unknown_name('target', args.name, target_names())}")
     return train_target_main(args.name, args.seed, args.force)
 
 
@@ -79,6 +104,18 @@ def _sweep(args: argparse.Namespace) -> int:
     return sweep_main(args)
 
 
+def _status(args: argparse.Namespace) -> int:
+    from apd.sweep.status import status_main
+
+    return status_main(args)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from apd.sweep.sync import sync_main
+
+    return sync_main(args)
+
+
 def _analyze(args: argparse.Namespace) -> int:
     from apd.analysis.report import analyze_main
 
@@ -86,7 +123,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apd", description="Attribution-based Parameter Decomposition sweeps.")
+    parser = _Parser(prog="apd", description="Attribution-based Parameter Decomposition sweeps.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("decompose", help="run one decomposition")
@@ -102,10 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     p.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_positive_int,
         default=None,
         metavar="STEPS",
-        help="steps between checkpoints (default: every log_every)",
+        help="steps between checkpoints, a multiple of log_every (default: every log_every)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_decompose)
@@ -124,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_args(p)
     p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("status", help="progress of a sweep (running elsewhere, or finished) from its folder")
+    from apd.sweep.status import add_status_args
+
+    add_status_args(p)
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("sync", help="replay a sweep's results from its folder into MLflow (idempotent)")
+    from apd.sweep.sync import add_sync_args
+
+    add_sync_args(p)
+    p.set_defaults(func=_sync)
 
     p = sub.add_parser("analyze", help="report which settings recover the ground truth")
     from apd.analysis.report import add_analyze_args

@@ -72,7 +72,9 @@ def decompose(
     method: Method = method_of(cfg)
     device = next(iter(target.buffers()), next(target.parameters())).device
     comps = components if components is not None else make_components(cfg, target, device)
-    opt = torch.optim.AdamW(method.parameters(comps), lr=cfg.lr, weight_decay=0.0)
+    # fused: one pass over each parameter instead of ~7 (on the CPU the per-tensor loop cost 10x more)
+    fused = device.type in ("cpu", "cuda")
+    opt = torch.optim.AdamW(method.parameters(comps), lr=cfg.lr, weight_decay=0.0, fused=fused)
     sampling = sampling_generator(cfg, device)
     start, records = 0, list[StepRecord]()
     resumed_at = -1
@@ -102,6 +104,10 @@ def decompose(
 
     # NaN/inf are tracked on the device and checked at record steps, so steps need no host sync
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    # Records (and their syncs) come every log_every steps, which can outlast the whole run; the bar's
+    # postfix is also refreshed every ~1% of the run (at least 10 steps apart): at most ~100 extra
+    # host syncs per run, never one per step, and none without a bar (sweep trials).
+    display_every = max(10, cfg.steps // 100)
     bar = tqdm(
         range(start, cfg.steps + 1),
         initial=start,
@@ -148,6 +154,8 @@ def decompose(
                 on_step(record)
             if step < cfg.steps and should_stop is not None and should_stop():
                 return DecomposeResult(comps, "stopped", step, records)
+        elif progress and step % display_every == 0:
+            _show(bar, out.total, out.stats)
         if step == cfg.steps:
             break
         opt.zero_grad(set_to_none=True)
@@ -155,3 +163,10 @@ def decompose(
         method.after_backward(cfg, comps)
         opt.step()
     return DecomposeResult(comps, "finished", cfg.steps, records)
+
+
+def _show(bar: tqdm, total: Tensor, stats: dict[str, Tensor]) -> None:
+    """The bar's postfix from this step's loss and stats: one device-to-host copy."""
+    values = torch.stack([total.detach().float(), *(v.detach().float() for v in stats.values())]).tolist()
+    shown = {k: f"{v:.3g}" for k, v in zip(stats, values[1:], strict=True)}
+    bar.set_postfix(loss=f"{values[0]:.3g}", **shown, refresh=False)

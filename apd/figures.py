@@ -1,4 +1,5 @@
-"""Per-run figures (method notes 7) drawn from `apd.metrics.evaluate`'s artifacts.
+"""Per-run figures (docs/method.md): the drawing functions, and `make_figures`, which draws the identity
+pattern of every run and asks the target's family for its own (`Family.figures`).
 
 Figures are built with `matplotlib.figure.Figure` directly (the Agg canvas, no pyplot state), so
 plotting never touches a GUI backend and leaks no open figures in long sweeps.
@@ -7,8 +8,9 @@ plotting never touches a GUI backend and leaks no open figures in long sweeps.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -18,6 +20,9 @@ from matplotlib.patches import Patch
 
 from apd.methods.base import Decomposition
 from apd.targets.base import Target
+
+if TYPE_CHECKING:
+    from apd.metrics.suite import EvalArtifacts
 
 MAX_INSTANCES = 3
 """Instances drawn per figure type (the first ones)."""
@@ -126,12 +131,12 @@ def identity_figure(matrix: np.ndarray, assignment: np.ndarray, tol: float, titl
     fig = Figure(figsize=(min(max(6.5, 3 + 0.12 * C), 16), min(max(4.5, 2 + 0.12 * n_f), 12)), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(mat, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="attribution / row max")
+    fig.colorbar(im, ax=ax, label="importance / row max")
     if C <= 40:
         ax.set_xticks(range(C), [str(c) for c in order], fontsize=7, rotation=90)
     if n_f <= 40:
         ax.set_yticks(range(n_f), [str(f) for f in range(n_f)], fontsize=7)
-    ax.set_xlabel("component (matched to features first, then by max attribution)")
+    ax.set_xlabel("component (matched to features first, then by max importance)")
     ax.set_ylabel("feature (one-hot input x_f = 1)")
     ax.set_title(
         f"{title}\noff-diagonal > {tol:g}: {off}, diagonal < {1 - tol:g}: {miss}, error {off + miss}", fontsize=10
@@ -285,75 +290,42 @@ def categories_figure(features_per_component: np.ndarray, cutoff: float, title: 
 # ---------------------------------------------------------------------------------------------
 
 
+def fmt_metric(metrics: Mapping[str, Any], key: str, i: int | None = None, spec: str = ".3f") -> str:
+    """A stored metric for a title (instance `i` of a per-instance list); `n/a` when missing or None."""
+    value = metrics.get(key)
+    if i is not None:
+        value = value[i] if isinstance(value, list | tuple) and i < len(value) else None
+    return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else "n/a"
+
+
 def make_figures(
     target: Target,
     components: Decomposition,
     metrics: dict[str, Any],
-    artifacts: dict[str, Any],
+    artifacts: EvalArtifacts,
     out_dir: Path,
 ) -> list[Path]:
-    """Write every figure that `artifacts` supports for the first instances; returns the PNG paths."""
+    """The identity pattern of each scored group, then the family's own figures, for the first instances."""
+    from apd.targets.registry import family_of_model
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    a = artifacts
+    n = min(target.n_instances, MAX_INSTANCES)
+    family = family_of_model(target)
     paths: list[Path] = []
-    for i in range(min(target.n_instances, MAX_INSTANCES)):
-        tag = f"instance {i}" if target.n_instances > 1 else "run"
-        paths.append(
-            identity_figure(
-                a["identity_matrix"][i],
-                a["identity_assignment"][i],
-                a["identity_tol"],
-                f"{type(target).__name__} {tag}: one-hot attribution pattern ({components.C} components)",
-                out_dir / f"identity_pattern_inst{i}.png",
-            )
-        )
-        if "tms_W" in a:
-            mmcs, ml2r = metrics["mmcs_per_instance"][i], metrics["ml2r_per_instance"][i]
+    for group, pattern in artifacts.identity.items():
+        size = components.group_sizes[group]
+        name = "" if len(artifacts.identity) == 1 else f"_{group}"
+        of = "" if len(artifacts.identity) == 1 else f" of group {group}"
+        for i in range(n):
+            tag = f"instance {i}" if target.n_instances > 1 else "run"
             paths.append(
-                tms_weight_figure(
-                    a["tms_W"][i],
-                    a["tms_P"][i],
-                    a["tms_match"][i],
-                    f"TMS {tag}: feature weight vectors (linear1 rows); MMCS {mmcs:.3f}, ML2R {ml2r:.3f}",
-                    out_dir / f"tms_weights_inst{i}.png",
+                identity_figure(
+                    pattern.matrix[i],
+                    pattern.assignment[i],
+                    artifacts.identity_tol,
+                    f"{family.label} {tag}: one-hot importance pattern{of} ({size} components)",
+                    out_dir / f"identity_pattern{name}_inst{i}.png",
                 )
             )
-        if "contrib_target" in a:
-            paths.append(
-                contributions_figure(
-                    a["contrib_target"][i],
-                    a["contrib_best_component"][i],
-                    a["best_component"][i],
-                    a["neuron_layer"],
-                    f"Residual MLP {tag}: neuron contributions of the first features",
-                    out_dir / f"resid_contributions_inst{i}.png",
-                )
-            )
-            losses = {k: a[f"{k}_losses"][:, i] for k in ("scrubbed", "anti_scrubbed", "mono_baseline", "zero")}
-            paths.append(
-                scrub_figure(
-                    losses,
-                    f"Residual MLP {tag}: scrubbed vs anti-scrubbed ablation",
-                    out_dir / f"scrub_losses_inst{i}.png",
-                )
-            )
-            paths.append(
-                per_feature_figure(
-                    a["per_feature_mse_target_vs_labels"][i],
-                    a["per_feature_mse_top1_vs_labels"][i],
-                    a["norm_top1_mse"][i],
-                    a["norm_top1_mse_max"],
-                    f"Residual MLP {tag}: per-feature losses",
-                    out_dir / f"per_feature_losses_inst{i}.png",
-                )
-            )
-            paths.append(
-                categories_figure(
-                    a["features_per_component"][i],
-                    a["contribution_cutoff"],
-                    f"Residual MLP {tag}: component categories",
-                    out_dir / f"component_categories_inst{i}.png",
-                )
-            )
-    return paths
+    return paths + family.figures(target, components, metrics, artifacts.family, out_dir, n)

@@ -13,7 +13,10 @@ _EXPORTS = {
     "load_trials": "apd.analysis._load",
     "load_history": "apd.analysis._load",
     "load_spec": "apd.analysis._load",
+    "resolve_results": "apd.analysis._load",
     "add_outcomes": "apd.analysis._outcomes",
+    "instances": "apd.analysis._outcomes",
+    "failure_counts": "apd.analysis._outcomes",
     "with_setting_ids": "apd.analysis._settings",
     "settings_table": "apd.analysis._settings",
     "recovering_settings": "apd.analysis._settings",
@@ -46,12 +49,15 @@ if TYPE_CHECKING:
     from apd.analysis._load import load_history as load_history
     from apd.analysis._load import load_spec as load_spec
     from apd.analysis._load import load_trials as load_trials
+    from apd.analysis._load import resolve_results as resolve_results
     from apd.analysis._optuna import importances_for_objectives as importances_for_objectives
     from apd.analysis._optuna import load_stored_study as load_stored_study
     from apd.analysis._optuna import pareto_front as pareto_front
     from apd.analysis._optuna import recovery_importances as recovery_importances
     from apd.analysis._optuna import study_from_trials as study_from_trials
     from apd.analysis._outcomes import add_outcomes as add_outcomes
+    from apd.analysis._outcomes import failure_counts as failure_counts
+    from apd.analysis._outcomes import instances as instances
     from apd.analysis._report import Analysis as Analysis
     from apd.analysis._report import ExperimentAnalysis as ExperimentAnalysis
     from apd.analysis._report import analyze as analyze

@@ -1,11 +1,14 @@
-"""Column conventions of `trials.parquet`: swept parameters, metrics, objectives, labels and units."""
+"""Column conventions of `trials.parquet`: swept parameters, metrics, objectives, labels and units.
+
+Metric labels come from the target families (`Family.columns`); what is left here is generic.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import re
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,26 +18,11 @@ METRIC = "metric."
 SEED_PARAMS = ("param.seed",)
 """The replica seed: never part of a setting (it is what varies within one)."""
 
-TargetKind = Literal["tms", "resid_mlp", "unknown"]
-
-TMS_METRICS = ("mmcs", "ml2r", "n_distinct")
-RESID_METRICS = ("dedicated_fraction", "n_mono", "n_duo", "n_poly", "n_dead", "median_norm_top1_mse", "scrub_ratio")
-
 _METRIC_LABELS = {
-    "mmcs": "MMCS (cosine, 1 = aligned)",
-    "ml2r": "ML2R (norm ratio, 1 = no shrinkage)",
-    "n_distinct": "distinct matches (count)",
-    "dedicated_fraction": "dedicated fraction (share of features)",
-    "n_mono": "monosemantic components (count)",
-    "n_duo": "duosemantic components (count)",
-    "n_poly": "polysemantic components (count)",
-    "n_dead": "dead components (count)",
-    "n_represented": "represented features (count)",
-    "median_norm_top1_mse": "median top-1 MSE / target MSE (ratio)",
-    "scrub_ratio": "anti-scrubbed / scrubbed loss (ratio)",
     "identity_error": "identity-pattern errors (count)",
     "mean_active": "active components per sample (mean count)",
     "recovered": "recovered instances (share)",
+    "n_represented": "represented features (count)",
 }
 _PARAM_LABELS = {
     "topk": "topk (active components per sample)",
@@ -93,25 +81,19 @@ def param_label(col: str) -> str:
 
 
 def metric_label(col: str) -> str:
+    """Axis label of a metric: the family's own label (with its unit), else a generic one."""
+    from apd.targets.registry import FAMILIES
+
     key = short(col)
+    for family in FAMILIES.values():
+        for column in family.columns:
+            if column.key == key:
+                return column.label
     if key in _METRIC_LABELS:
         return _METRIC_LABELS[key]
     if key.endswith("_loss"):
         return f"{key} (MSE-type loss)"
     return key
-
-
-def target_kind(df: pd.DataFrame) -> TargetKind:
-    """TMS or residual MLP, from which ground-truth metrics the trials carry."""
-    if "metric.mmcs" in df.columns and df["metric.mmcs"].notna().any():
-        return "tms"
-    if "metric.dedicated_fraction" in df.columns and df["metric.dedicated_fraction"].notna().any():
-        return "resid_mlp"
-    return "unknown"
-
-
-def kind_metrics(kind: TargetKind) -> tuple[str, ...]:
-    return {"tms": TMS_METRICS, "resid_mlp": RESID_METRICS, "unknown": ()}[kind]
 
 
 def is_missing(value: Any) -> bool:

@@ -195,20 +195,24 @@ def importances_for_objectives(
     return _long(rows)
 
 
-def recovery_importances(trials: pd.DataFrame, *, ranges: dict[str, BaseDistribution] | None = None) -> pd.DataFrame:
-    """PED-ANOVA importances for recovering: which parameters separate recovered trials from the rest.
+def recovery_importances(
+    trials: pd.DataFrame, *, ranges: dict[str, BaseDistribution] | None = None, share: float = 0.9
+) -> pd.DataFrame:
+    """PED-ANOVA importances for recovering: which parameters separate the trials whose instances recover.
 
-    Uses the judged trials (COMPLETE, DIVERGED, PRUNED) with value 0 when recovered, else 1, and a
-    target quantile equal to the recovered share, so the "top" trials are exactly the recovered ones.
-    Empty when no trial, or every trial, recovered.
+    Uses the judged trials (COMPLETE, DIVERGED, PRUNED) with value 1 - (share of their instances
+    recovered), and a target quantile equal to the share of trials with at least `share` of their
+    instances recovered, so the "top" trials are exactly those. Empty when no trial, or every
+    trial, is such a trial.
     """
-    df = trials if "judged" in trials.columns else add_outcomes(trials)
-    judged = df[df["judged"]].copy()
-    n, k = len(judged), int(judged["success"].sum())
+    df = trials if "instance_success" in trials.columns else add_outcomes(trials)
+    judged = df[df["judged"] & (df["n_judged_instances"] > 0)].copy()
+    rate = judged["n_recovered_instances"] / judged["n_judged_instances"]
+    n, k = len(judged), int((rate >= share - 1e-9).sum())
     if n < 2 or k in (0, n) or not varying_params(judged):
         return _long([])
     judged["status"] = "COMPLETE"  # a diverged or pruned seed is a plain failure here
-    judged["_failed"] = (~judged["success"]).astype(float)
+    judged["_failed"] = (1.0 - rate).astype(float)
     study = study_from_trials(judged, values=["_failed"], directions=["minimize"], ranges=ranges)
     params = _complete_params(study)
     imp = _evaluate(study, params=params, target_quantile=k / n)

@@ -1,7 +1,9 @@
-"""Which settings recover the ground truth, on how many seeds, and why the rest fail.
+"""Which settings recover the ground truth, on how many seeds and instances, and why the rest fail.
 
-`analyze` turns sweep outputs into an `Analysis` (frames, importances, answers); `write_report`
-renders it as `report.md` with PNG figures next to it.
+`analyze` turns sweep outputs into an `Analysis`, one section per (method, target) with frames,
+importances and answers; `write_report` renders it as `report.md` with PNG figures next to it.
+What a target's family declares (its checks, metric columns, labels) drives the family-specific
+parts; nothing here branches on a family.
 """
 
 from __future__ import annotations
@@ -12,20 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from apd.analysis import _markdown as md
 from apd.analysis import figures
-from apd.analysis._answer import answer, best_trial, failure_counts, pretty_experiment, rerun_command
+from apd.analysis._answer import answer, best_trial, evidence, family_of, rerun_command, rule_phrase, target_label
 from apd.analysis._columns import (
-    RESID_METRICS,
-    TMS_METRICS,
-    TargetKind,
+    METRIC,
     is_missing,
     param_columns,
     short,
-    target_kind,
     varying_params,
 )
 from apd.analysis._load import load_history, load_trials
@@ -39,8 +39,15 @@ from apd.analysis._optuna import (
     recovery_importances,
     study_from_trials,
 )
-from apd.analysis._outcomes import add_outcomes
-from apd.analysis._settings import check_rule, format_rate, settings_table, with_setting_ids
+from apd.analysis._outcomes import CHECK, add_outcomes, failure_counts
+from apd.analysis._settings import (
+    DEFAULT_MIN_SEEDS,
+    DEFAULT_SHARE,
+    check_rule,
+    format_rate,
+    settings_table,
+    with_setting_ids,
+)
 from apd.analysis._spec import SweepInfo, sweep_info
 from apd.analysis._verdict import eval_config, rejudge
 from apd.config import EvalConfig
@@ -50,14 +57,20 @@ NOT_CURVES = ("out", "trial_id", "step", "lr")
 """History columns that are not a method's losses or diagnostics."""
 MAX_MAPS = 3
 MAX_PARAMS = 4
+MAX_METRICS = 5
 
 
 @dataclass
 class ExperimentAnalysis:
-    """Everything the report says about one experiment (target + method) of the analysed sweeps."""
+    """Everything the report says about one (method, target) of the analysed sweeps."""
 
+    method: str
+    target: str
+    label: str
+    """`TMS 5-2 (tms-5-2) with APD`."""
     experiment: str
-    kind: TargetKind
+    """The experiments that decomposed this target with this method, comma-separated."""
+    family: str | None
     trials: pd.DataFrame
     settings: pd.DataFrame
     importances: pd.DataFrame
@@ -108,8 +121,8 @@ class Analysis:
 def analyze(
     outs: Sequence[str | Path],
     *,
-    share: float = 1.0,
-    min_seeds: int = 3,
+    share: float = DEFAULT_SHARE,
+    min_seeds: int = DEFAULT_MIN_SEEDS,
     eval_cfg: EvalConfig | Mapping[str, Any] | None = None,
 ) -> Analysis:
     """Load sweep outputs and work out recovery per setting, importances, Pareto fronts and the answers.
@@ -125,13 +138,13 @@ def analyze(
     trials = add_outcomes(with_setting_ids(trials), ev)
     info = {str(p): sweep_info(p, trials[trials["out"] == str(p)]) for p in paths}
     result = Analysis(paths, trials, load_history(paths), share, min_seeds, ev, eval_cfg is not None, info)
-    for experiment, group in trials.groupby("experiment", sort=True):
-        result.experiments.append(_experiment(str(experiment), group, info, share=share, min_seeds=min_seeds))
+    for (method, target), group in trials.groupby(["method", "target"], sort=True, dropna=False):
+        result.experiments.append(_group(str(method), str(target), group, info, share=share, min_seeds=min_seeds))
     return result
 
 
-def _experiment(
-    experiment: str, trials: pd.DataFrame, info: dict[str, SweepInfo], *, share: float, min_seeds: int
+def _group(
+    method: str, target: str, trials: pd.DataFrame, info: dict[str, SweepInfo], *, share: float, min_seeds: int
 ) -> ExperimentAnalysis:
     empty = [c for c in trials.columns if c.startswith(("param.", "metric.")) and trials[c].isna().all()]
     trials = trials.drop(columns=empty)  # parameters and metrics of other experiments
@@ -141,7 +154,7 @@ def _experiment(
     same = all(info[o].objective_names == first.objective_names for o in outs)
     objectives = first.objectives if same else []
     names, directions = (first.objective_names, first.directions) if same else ([], [])
-    imp, note = _importances(trials, info, outs, objectives, names, directions)
+    imp, note = _importances(trials, info, outs, objectives, names, directions, share)
     ranked = ranked_params(imp, fallback=varying_params(trials))
     front = pareto_front(trials, objectives, directions) if len(objectives) >= 2 else None
     best = best_trial(trials, settings, objectives, directions)
@@ -149,10 +162,15 @@ def _experiment(
     if best is not None:
         run_info = info[str(best["out"])]
         rerun = rerun_command(best, run_info.fixed, seed_target=run_info.seed_target)
-    text = answer(pretty_experiment(experiment), trials, settings, ranked, share=share, min_seeds=min_seeds)
+    label = f"{target_label(trials)} with {method.upper()}"
+    text = answer(label, trials, settings, ranked, share=share, min_seeds=min_seeds)
+    family = family_of(trials)
     return ExperimentAnalysis(
-        experiment,
-        target_kind(trials),
+        method,
+        target,
+        label,
+        ", ".join(sorted(trials["experiment"].astype(str).unique())),
+        family.kind if family is not None else None,
         trials,
         settings,
         imp,
@@ -175,9 +193,10 @@ def _importances(
     objectives: list[str],
     names: list[str],
     directions: list[Direction],
+    share: float,
 ) -> tuple[pd.DataFrame, str]:
     ranges = {k: v for o in outs for k, v in info[o].ranges.items()}
-    parts = [recovery_importances(trials, ranges=ranges)]
+    parts = [recovery_importances(trials, ranges=ranges, share=share)]
     source = "the Parquet rows"
     if objectives:
         study = load_stored_study(outs[0]) if len(outs) == 1 else None
@@ -192,9 +211,17 @@ def _importances(
     if imp.empty:
         return imp, _why_no_importances(trials)
     why = (
-        "; `recovery` is what separates the recovered trials from the rest" if (imp["target"] == RECOVERY).any() else ""
+        "; `recovery` is what separates the trials whose instances recover from the rest"
+        if (imp["target"] == RECOVERY).any()
+        else ""
     )
-    return imp, f"Importances by PED-ANOVA (Optuna) on {source}{why}."
+    n = int(trials["judged"].sum())
+    few = (
+        f" Only {n} judged trials: importances from so few points are mostly noise, a hint at most."
+        if n < figures.MIN_POINTS
+        else ""
+    )
+    return imp, f"Importances by PED-ANOVA (Optuna) on {source}{why}.{few}"
 
 
 def _why_no_importances(trials: pd.DataFrame) -> str:
@@ -238,50 +265,110 @@ def write_report(analysis: Analysis, report_dir: str | Path) -> Path:
     names = analysis.trials["sweep"].astype(str).unique().tolist() or [p.resolve().name for p in analysis.outs]
     sweeps = ", ".join(sorted(names))
     w = _Writer(out, "")
-    w.add(f"# APD sweep analysis: {sweeps}", "", f"**Answer.** {analysis.answer}", "")
+    w.add(f"# Sweep analysis: {sweeps}", "", f"**Answer.** {analysis.answer}", "")
     _data_section(w, analysis)
     multi = len(analysis.experiments) > 1
     for exp in analysis.experiments:
-        w.prefix = f"{_slug(exp.experiment)}-" if multi else ""
+        w.prefix = f"{_slug(f'{exp.method}-{exp.target}')}-" if multi else ""
         h = "###" if multi else "##"
         if multi:
-            w.add(f"## {pretty_experiment(exp.experiment)}", "", f"**Answer.** {exp.answer}", "")
+            w.add(f"## {exp.label}", "", f"**Answer.** {exp.answer}", "")
         _experiment_sections(w, exp, analysis, h)
     path = out / "report.md"
     path.write_text("\n".join(w.lines).rstrip() + "\n")
     return path
 
 
+def _row_checks(row: pd.Series, ev: EvalConfig) -> list[str]:
+    """The checks that judged one completed trial: its stored per-check verdicts, or (schema 1) those its
+    stored metrics allow."""
+    from apd.analysis._outcomes import row_metrics
+    from apd.metrics.verdict import decide
+
+    stored = [
+        str(c)[len(METRIC) + len(CHECK) : -len("_per_instance")]
+        for c, v in row.items()
+        if str(c).startswith(f"{METRIC}{CHECK}") and isinstance(v, list | tuple | np.ndarray)
+    ]
+    if stored:
+        return stored
+    family = row.get("family") if isinstance(row.get("family"), str) else None
+    return list(decide(row_metrics(row), ev, family=family, measured_only=True).checks)
+
+
+def rule_lines(a: Analysis) -> list[str]:
+    """One line per (method, target): its family's rules that judged its trials, with the thresholds in use."""
+    from apd.metrics.verdict import rules
+
+    lines = []
+    for e in a.experiments:
+        family = family_of(e.trials)
+        if family is None:
+            continue
+        done = e.trials[e.trials["status"] == "COMPLETE"]
+        names = {n for _, row in done.iterrows() for n in _row_checks(row, a.eval_cfg)}
+        order = [c.name for c in family.checks]
+        text = "; ".join(
+            rules(
+                family.kind,
+                a.eval_cfg,
+                sorted(names, key=lambda n: order.index(n) if n in order else len(order)) if names else None,
+            )
+        )
+        lines.append(f"- {e.label}: {text}.")
+    return lines
+
+
 def _data_section(w: _Writer, a: Analysis) -> None:
     rows = []
-    for (sweep, experiment), g in a.trials.groupby(["sweep", "experiment"], sort=True):
+    keys = ["sweep", "method", "target", "experiment"]
+    for (sweep, method, target, experiment), g in a.trials.groupby(keys, sort=True, dropna=False):
         counts = g["status"].value_counts()
+        judged = g[g["judged"]]
         rows.append(
             {
                 "sweep": sweep,
+                "method": method,
+                "target": target,
                 "experiment": experiment,
                 "trials": len(g),
                 "statuses": ", ".join(f"{k} {v}" for k, v in counts.items()),
                 "settings": g["setting_id"].nunique(),
                 "seeds per setting": _range_text(g.groupby("setting_id").size()),
+                "recovered/judged instances": format_rate(
+                    int(judged["n_recovered_instances"].sum()), int(judged["n_judged_instances"].sum())
+                ),
             }
         )
-    ev = a.eval_cfg
-    rule = "all" if a.share >= 1.0 else f"at least {a.share:.0%}"
     w.add("## Data and verdict rule", "", md.table(pd.DataFrame(rows)) if rows else "_No trials yet._", "")
+    if len(a.experiments) > 1:
+        w.add("Recovery by target and method (recovering settings; recovered/judged instances over judged seeds):", "")
+        w.add(md.table(_comparison(a)), "")
+    share = "every one" if a.share >= 1.0 else f"at least {a.share:.0%}"
     w.add(
-        f"A setting (same parameters, different seeds) **recovers** when the verdict holds on {rule} of its judged "
-        f"seeds and it has at least {a.min_seeds}. Judged seeds are COMPLETE, DIVERGED and PRUNED trials (the last "
-        "two count as failures); FAILED trials (errors) and RUNNING ones are counted apart.",
-        "",
-        f"Verdict thresholds ({'re-judged from the stored metrics' if a.rejudged else 'as stored by the runs'}): "
-        f"TMS MMCS >= {ev.mmcs_min}, ML2R >= {ev.ml2r_min}"
-        + (f" and <= {ev.ml2r_max}" if ev.ml2r_max is not None else "")
-        + f", one-to-one matching {'required' if ev.require_one_to_one else 'not required'}; residual MLP "
-        f"dedicated fraction >= {ev.dedicated_min}, dedicated components monosemantic, median normalised top-1 MSE "
-        f"<= {ev.norm_top1_mse_max}, scrub ratio >= {ev.scrub_ratio_min}.",
+        "Each (trial, model instance) is one judged replicate. A setting (same parameters, different seeds) "
+        f"**recovers** when it has at least {a.min_seeds} judged seeds and {share} of its judged instances "
+        "recovered (`--min-seeds`, `--share`). Judged seeds are COMPLETE, DIVERGED and PRUNED trials (every "
+        "instance of the last two counts as failed); FAILED trials (errors) and RUNNING ones are counted apart.",
         "",
     )
+    how = "re-judged from the stored metrics" if a.rejudged else "as stored by the runs, with these default thresholds"
+    w.add(f"An instance is recovered when every rule of its target's family holds ({how}):", "", *rule_lines(a), "")
+    if (a.trials.get("schema", pd.Series(dtype=object)) == "1").any():
+        w.add(
+            "Some results were written by schema version 1, before the weight checks existed: their instances are "
+            "judged by the checks their stored metrics allow (the others are not counted as failures).",
+            "",
+        )
+
+
+def _comparison(a: Analysis) -> pd.DataFrame:
+    table: dict[str, dict[str, str]] = {}
+    for e in a.experiments:
+        good = int(e.settings["recovers"].sum()) if len(e.settings) else 0
+        cell = f"{good}/{len(e.settings)} settings; {evidence(e.trials)}"
+        table.setdefault(target_label(e.trials), {})[e.method] = cell
+    return pd.DataFrame.from_dict(table, orient="index").rename_axis("target").reset_index().fillna("–")
 
 
 def _range_text(sizes: pd.Series) -> str:
@@ -294,28 +381,34 @@ def _range_text(sizes: pd.Series) -> str:
 def _experiment_sections(w: _Writer, e: ExperimentAnalysis, a: Analysis, h: str) -> None:
     _settings_section(w, e, a, h)
     _best_section(w, e, h)
-    _map_section(w, e, h)
+    _map_section(w, e, a, h)
     _importance_section(w, e, h)
     _metrics_section(w, e, a, h)
-    _failure_section(w, e, h)
+    _failure_section(w, e, a, h)
     _curves_section(w, e, a, h)
     _pareto_section(w, e, h)
 
 
+def _median_columns(e: ExperimentAnalysis) -> list[str]:
+    family = family_of(e.trials)
+    cols = [f"{METRIC}{c.key}" for c in (family.columns if family is not None else ()) if c.median]
+    return [c for c in cols if c in e.trials.columns]
+
+
 def _setting_rows(e: ExperimentAnalysis, rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str], list[str]]:
     params = [c for c in param_columns(rows) if rows[c].notna().any()]
-    key = {"tms": ["metric.mmcs", "metric.ml2r"], "resid_mlp": ["metric.dedicated_fraction"]}.get(e.kind, [])
-    key = [k for k in key if k in e.trials.columns]
+    key = _median_columns(e)
     df = rows.copy()
     for k in key:
         med = e.trials[e.trials["status"] == "COMPLETE"].groupby("setting_id")[k].median()
         df[f"median {short(k)}"] = df["setting_id"].map(med)
     other = ["n_failed"] if (rows["n_failed"] > 0).any() else []
-    cols = ["setting_id", *params, "recovery", "seeds", *other, *[f"median {short(k)}" for k in key]]
+    cols = ["setting_id", *params, "recovery", "trials_recovery", "seeds", *other, *[f"median {short(k)}" for k in key]]
     headers = [
         "setting",
         *[short(p) for p in params],
-        "recovered/judged",
+        "recovered/judged instances",
+        "seeds with every instance recovered",
         "judged seeds",
         *(["FAILED (errors, not judged)"] if other else []),
         *[f"median {short(k)} (completed seeds)" for k in key],
@@ -325,13 +418,12 @@ def _setting_rows(e: ExperimentAnalysis, rows: pd.DataFrame) -> tuple[pd.DataFra
 
 def _settings_section(w: _Writer, e: ExperimentAnalysis, a: Analysis, h: str) -> None:
     good = e.settings[e.settings["recovers"]] if len(e.settings) else e.settings
-    rule = "all" if a.share >= 1.0 else f">= {a.share:.0%}"
-    w.add(f"{h} Settings that recover on {rule} seeds", "")
+    w.add(f"{h} Settings that recover ({rule_phrase(a.share, a.min_seeds)})", "")
     if not good.empty:
         df, cols, headers = _setting_rows(e, good)
         w.add(md.table(df, cols, headers), "")
         return
-    w.add("None. The closest settings (highest recovered share, then most seeds):", "")
+    w.add("None. The closest settings (highest recovered share of instances, then most seeds):", "")
     judged = e.settings[e.settings["n_judged"] > 0] if len(e.settings) else e.settings
     if judged.empty:
         w.add("_No setting has a judged trial yet._", "")
@@ -347,12 +439,22 @@ def _best_section(w: _Writer, e: ExperimentAnalysis, h: str) -> None:
         return
     b = e.best
     fields = [("trial", b["trial_id"]), ("sweep", b["sweep"]), ("seed", b.get("seed")), ("outcome", b["outcome"])]
+    fields += [("recovered instances", format_rate(int(b["n_recovered_instances"]), int(b["n_judged_instances"])))]
     fields += [(short(c), b[c]) for c in param_columns(b) if not is_missing(b[c])]
     fields += [(f"{n} (objective)", b[o]) for o, n in zip(e.objectives, e.objective_names, strict=True) if o in b.index]
-    metrics = (*{"tms": TMS_METRICS, "resid_mlp": RESID_METRICS}.get(e.kind, ()), "identity_error", "recovered")
-    fields += [(k, b[f"metric.{k}"]) for k in metrics if f"metric.{k}" in b.index and not is_missing(b[f"metric.{k}"])]
+    family = family_of(e.trials)
+    keys = [*(c.key for c in (family.columns if family is not None else ())), "identity_error", "recovered"]
+    keys = list(dict.fromkeys(keys))
+    fields += [(k, b[f"{METRIC}{k}"]) for k in keys if f"{METRIC}{k}" in b.index and not is_missing(b[f"{METRIC}{k}"])]
+    if b["failure_modes"]:
+        fields.append(("failure modes of its instances", ", ".join(b["failure_modes"])))
     w.add(md.table(pd.DataFrame(fields, columns=["field", "value"])), "")
     w.add("Rerun it with:", "", "```bash", str(e.rerun), "```", "")
+
+
+def _dists(a: Analysis, e: ExperimentAnalysis) -> dict[str, Any]:
+    """The swept parameters' declared distributions (which are log-scaled) of the group's sweeps."""
+    return {k: v for o in e.trials["out"].unique() for k, v in a.info[str(o)].ranges.items()}
 
 
 def map_pairs(e: ExperimentAnalysis) -> list[tuple[str, str | None]]:
@@ -366,27 +468,41 @@ def map_pairs(e: ExperimentAnalysis) -> list[tuple[str, str | None]]:
     return pairs[:MAX_MAPS]
 
 
-def _map_section(w: _Writer, e: ExperimentAnalysis, h: str) -> None:
+def parallel_params(e: ExperimentAnalysis) -> list[str]:
+    """Every swept parameter that varies among the judged settings, most important first."""
+    judged = e.settings[e.settings["n_instances"] > 0] if len(e.settings) else e.settings
+    varying = varying_params(judged) if len(judged) else []
+    return [p for p in e.ranked if p in varying] + [p for p in varying if p not in e.ranked]
+
+
+def _map_section(w: _Writer, e: ExperimentAnalysis, a: Analysis, h: str) -> None:
     w.add(f"{h} Recovery map", "")
     pairs = map_pairs(e)
     if not pairs:
         w.add("_No swept parameter varies among the judged trials, so there is no map to draw._", "")
         return
+    n = int(e.trials["judged"].sum())
     w.add(
-        "Share of judged trials (all seeds) that recovered, over the most important parameter pairs; each cell "
-        "shows recovered/judged.",
+        "Share of judged instances (all seeds) that recovered, over the most important parameter pairs; each cell "
+        f"shows recovered/judged instances. Continuous parameters are binned (log bins where the sweep drew them "
+        f"on a log scale); cells with fewer than {figures.MIN_CELL} instances are hatched."
+        + (f" Only {n} judged trials: read the maps as anecdotes." if n < figures.MIN_POINTS else ""),
         "",
     )
     for k, (x, y) in enumerate(pairs):
         alt = f"recovery map {short(x)}" + (f" x {short(y)}" if y else "")
-        w.figure(figures.recovery_map_figure(e.trials, x, y), f"recovery-map-{k + 1}", alt)
+        w.figure(figures.recovery_map_figure(e.trials, x, y, _dists(a, e)), f"recovery-map-{k + 1}", alt)
+    params = parallel_params(e)
+    if len(params) >= 2:
+        w.add("Every setting across its swept parameters, coloured by its share of recovered instances:", "")
+        w.figure(figures.parallel_figure(e.settings, params, _dists(a, e)), "parallel", "parallel coordinates")
 
 
 def _importance_section(w: _Writer, e: ExperimentAnalysis, h: str) -> None:
     w.add(f"{h} Parameter importances", "", e.importance_note, "")
     if e.importances.empty:
         return
-    w.figure(figures.importance_figure(e.importances), "importances", "parameter importances")
+    w.figure(figures.importance_figure(e.importances, int(e.trials["judged"].sum())), "importances", "importances")
     wide = e.importances.assign(param=e.importances["param"].map(short)).pivot_table(
         index="param", columns="target", values="importance", aggfunc="first"
     )
@@ -395,12 +511,9 @@ def _importance_section(w: _Writer, e: ExperimentAnalysis, h: str) -> None:
 
 
 def _metric_list(e: ExperimentAnalysis) -> list[str]:
-    names = {
-        "tms": ("mmcs", "ml2r", "n_distinct"),
-        "resid_mlp": ("dedicated_fraction", "n_duo", "n_poly", "n_dead", "scrub_ratio"),
-    }.get(e.kind, ())
-    cols = [f"metric.{n}" for n in names] or ["metric.identity_error"]
-    return [c for c in cols if c in e.trials.columns and e.trials[c].notna().any()]
+    family = family_of(e.trials)
+    cols = [f"{METRIC}{c.key}" for c in (family.columns if family is not None else ())] or [f"{METRIC}identity_error"]
+    return [c for c in cols if c in e.trials.columns and e.trials[c].notna().any()][:MAX_METRICS]
 
 
 def metrics_plot(a: Analysis, e: ExperimentAnalysis) -> Figure | None:
@@ -409,13 +522,12 @@ def metrics_plot(a: Analysis, e: ExperimentAnalysis) -> Figure | None:
     params = [p for p in e.ranked if p in varying_params(e.trials)][:MAX_PARAMS]
     if not metrics or not params or not (e.trials["status"] == "COMPLETE").any():
         return None
-    ev = a.eval_cfg
-    thresholds = {
-        "metric.mmcs": ev.mmcs_min,
-        "metric.ml2r": ev.ml2r_min,
-        "metric.dedicated_fraction": ev.dedicated_min,
-        "metric.scrub_ratio": ev.scrub_ratio_min,
-    }
+    family = family_of(e.trials)
+    thresholds: dict[str, float] = {}
+    for column in family.columns if family is not None else ():
+        value = column.threshold(a.eval_cfg) if column.threshold is not None else None
+        if value is not None:
+            thresholds[f"{METRIC}{column.key}"] = value
     return figures.metrics_figure(e.trials, metrics, params, thresholds)
 
 
@@ -435,29 +547,45 @@ def failure_params(e: ExperimentAnalysis) -> list[str]:
     return (knobs or [p for p in e.ranked if p in varying])[:MAX_PARAMS]
 
 
-def _failure_section(w: _Writer, e: ExperimentAnalysis, h: str) -> None:
+def _failure_section(w: _Writer, e: ExperimentAnalysis, a: Analysis, h: str) -> None:
     w.add(f"{h} Failure modes", "")
     judged = e.trials[e.trials["judged"]]
-    counts = failure_counts(e.trials)
-    n = len(judged)
-    if n == 0:
+    n_inst = int(judged["n_judged_instances"].sum())
+    if len(judged) == 0:
         w.add("_No judged trials._", "")
         return
-    rows = [{"outcome / failure mode": "recovered", "trials": format_rate(int(judged["success"].sum()), n)}]
-    rows += [{"outcome / failure mode": m, "trials": format_rate(int(k), n)} for m, k in counts.items()]
+    counts = failure_counts(e.trials)
+    n_rec = int(judged["n_recovered_instances"].sum())
+    rows = [{"outcome / failure mode": "recovered", "instances": format_rate(n_rec, n_inst), "trials": ""}]
+    rows += [
+        {
+            "outcome / failure mode": r["mode"],
+            "instances": format_rate(int(r["instances"]), n_inst),
+            "trials": format_rate(int(r["trials"]), len(judged)),
+        }
+        for _, r in counts.iterrows()
+    ]
     other = e.trials[~e.trials["judged"]]["status"].value_counts()
-    rows += [{"outcome / failure mode": f"not judged: {s}", "trials": str(int(k))} for s, k in other.items()]
-    w.add(md.table(pd.DataFrame(rows)), "")
+    rows += [
+        {"outcome / failure mode": f"not judged: {s}", "instances": "", "trials": str(int(k))} for s, k in other.items()
+    ]
+    w.add(
+        "Judged instances by outcome. Multi-label: an instance failing several checks counts under each, so the "
+        "modes add up to more than the failures; `trials` counts the judged trials with at least one such instance.",
+        "",
+        md.table(pd.DataFrame(rows)),
+        "",
+    )
     errors = e.trials.loc[e.trials["status"] == "FAILED", "error"] if "error" in e.trials.columns else pd.Series()
     if len(errors.dropna()):
         w.add(f"Most common error of FAILED trials: `{errors.dropna().astype(str).value_counts().index[0]}`", "")
     if counts.empty:
-        w.add("_No judged trial failed._", "")
+        w.add("_No judged instance failed._", "")
         return
     params = failure_params(e)
     if params:
-        w.figure(figures.failure_figure(e.trials, params), "failure-modes", "failure modes")
-    for col, label in (("metric.n_dead", "dead"), ("metric.n_duo", "duo"), ("metric.n_poly", "poly")):
+        w.figure(figures.failure_figure(e.trials, params, _dists(a, e)), "failure-modes", "failure modes")
+    for col, label in ((f"{METRIC}n_dead", "dead"), (f"{METRIC}n_duo", "duo"), (f"{METRIC}n_poly", "poly")):
         if col in e.trials.columns and e.trials[col].notna().any():
             s = e.trials.loc[e.trials["status"] == "COMPLETE", col].dropna()
             w.add(
@@ -468,7 +596,7 @@ def _failure_section(w: _Writer, e: ExperimentAnalysis, h: str) -> None:
 
 
 def curves_plot(a: Analysis, e: ExperimentAnalysis) -> Figure | None:
-    """Learning curves of the experiment's trials by outcome; None without history records."""
+    """Learning curves of the group's trials by outcome; None without history records."""
     if a.history is None:
         return None
     hist = a.history.merge(e.trials[["out", "trial_id"]], on=["out", "trial_id"], how="inner")
@@ -498,16 +626,18 @@ def objective_labels(e: ExperimentAnalysis) -> list[str]:
 
 
 def experiment_figures(a: Analysis, e: ExperimentAnalysis) -> dict[str, Figure]:
-    """Every figure the report draws for one experiment, by file stem (for notebooks)."""
+    """Every figure the report draws for one (method, target), by file stem (for notebooks)."""
     out: dict[str, Figure] = {}
     for k, (x, y) in enumerate(map_pairs(e)):
-        out[f"recovery-map-{k + 1}"] = figures.recovery_map_figure(e.trials, x, y)
+        out[f"recovery-map-{k + 1}"] = figures.recovery_map_figure(e.trials, x, y, _dists(a, e))
+    if len(params := parallel_params(e)) >= 2:
+        out["parallel"] = figures.parallel_figure(e.settings, params, _dists(a, e))
     if not e.importances.empty:
-        out["importances"] = figures.importance_figure(e.importances)
+        out["importances"] = figures.importance_figure(e.importances, int(e.trials["judged"].sum()))
     if (fig := metrics_plot(a, e)) is not None:
         out["metrics"] = fig
     if not failure_counts(e.trials).empty and (params := failure_params(e)):
-        out["failure-modes"] = figures.failure_figure(e.trials, params)
+        out["failure-modes"] = figures.failure_figure(e.trials, params, _dists(a, e))
     if (fig := curves_plot(a, e)) is not None:
         out["learning-curves"] = fig
     if e.front is not None and not e.front.empty:

@@ -1,4 +1,9 @@
-"""Group trials into settings (same parameters, different seeds) and count recoveries per setting."""
+"""Group trials into settings (same parameters, different seeds) and count recoveries per setting.
+
+The evidence is per model instance: each (trial, instance) is one judged replicate, so a setting's
+recovery rate is the share of its judged instances that recovered. A setting *recovers* when it has
+at least `min_seeds` judged seeds and at least `share` (default 0.9) of its judged instances recovered.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,13 @@ import numpy as np
 import pandas as pd
 
 from apd.analysis._columns import is_missing, param_columns, short, yaml_value
-from apd.analysis._outcomes import add_outcomes
+from apd.analysis._outcomes import add_outcomes, instances
 from apd.errors import ConfigError
 
 SETTING_KEYS = ("experiment", "setting_id")
+DEFAULT_SHARE = 0.9
+"""Share of a setting's judged instances that must recover (`apd analyze --share`)."""
+DEFAULT_MIN_SEEDS = 3
 
 
 def format_rate(k: int, n: int) -> str:
@@ -22,7 +30,7 @@ def format_rate(k: int, n: int) -> str:
 
 
 def needed(n: int, share: float) -> int:
-    """Seeds that must recover out of `n` for a setting to count as recovering at `share`."""
+    """Instances that must recover out of `n` for a setting to count as recovering at `share`."""
     return math.ceil(share * n - 1e-9)
 
 
@@ -56,17 +64,21 @@ def with_setting_ids(trials: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def settings_table(trials: pd.DataFrame, *, share: float = 1.0, min_seeds: int = 3) -> pd.DataFrame:
-    """One row per setting with its parameters and seed counts.
+def settings_table(
+    trials: pd.DataFrame, *, share: float = DEFAULT_SHARE, min_seeds: int = DEFAULT_MIN_SEEDS
+) -> pd.DataFrame:
+    """One row per setting with its parameters, seed counts and instance counts.
 
-    Columns: experiment, setting_id, the `param.*` values, `n_trials`, `n_judged` (COMPLETE, DIVERGED
-    or PRUNED seeds), `n_recovered`, `n_diverged`, `n_pruned`, `n_failed` (errors), `n_running`,
-    `rate` (n_recovered / n_judged), `recovery` ("k/n"), `seeds` (of the judged trials) and `recovers` (at least
-    `min_seeds` judged seeds and at least `share` of them recovered). Sorted best first.
+    Columns: experiment, setting_id, method, target, the `param.*` values, `n_trials`, `n_judged`
+    (COMPLETE, DIVERGED or PRUNED seeds), `n_recovered` (seeds with every instance recovered),
+    `n_diverged`, `n_pruned`, `n_failed` (errors), `n_running`, `n_instances` (judged instances),
+    `n_inst_recovered`, `rate` (n_inst_recovered / n_instances), `recovery` ("k/n" instances),
+    `trials_recovery` ("k/n" seeds), `seeds` (of the judged trials) and `recovers` (at least
+    `min_seeds` judged seeds and at least `share` of the judged instances recovered). Best first.
     """
     check_rule(share, min_seeds)
     df = with_setting_ids(trials)
-    if "outcome" not in df.columns:
+    if "instance_success" not in df.columns:
         df = add_outcomes(df)
     cols = param_columns(df)
     rows = []
@@ -74,23 +86,29 @@ def settings_table(trials: pd.DataFrame, *, share: float = 1.0, min_seeds: int =
         first = g.iloc[0]
         n_judged = int(g["judged"].sum())
         n_rec = int(g["success"].sum())
-        counts = g["outcome"].astype(str).value_counts()
+        n_inst, k_inst = int(g["n_judged_instances"].sum()), int(g["n_recovered_instances"].sum())
+        counts = g["status"].value_counts()
         rows.append(
             {
                 "experiment": experiment,
                 "setting_id": setting_id,
+                "method": first.get("method"),
+                "target": first.get("target"),
                 **{c: first[c] for c in cols},
                 "n_trials": len(g),
                 "n_judged": n_judged,
                 "n_recovered": n_rec,
-                "n_diverged": int(counts.get("diverged", 0)),
-                "n_pruned": int(counts.get("pruned", 0)),
-                "n_failed": int(counts.get("failed", 0)),
-                "n_running": int(counts.get("running", 0)),
-                "rate": n_rec / n_judged if n_judged else float("nan"),
-                "recovery": format_rate(n_rec, n_judged),
+                "n_diverged": int(counts.get("DIVERGED", 0)),
+                "n_pruned": int(counts.get("PRUNED", 0)),
+                "n_failed": int(counts.get("FAILED", 0)),
+                "n_running": int(counts.get("RUNNING", 0)),
+                "n_instances": n_inst,
+                "n_inst_recovered": k_inst,
+                "rate": k_inst / n_inst if n_inst else float("nan"),
+                "recovery": format_rate(k_inst, n_inst),
+                "trials_recovery": format_rate(n_rec, n_judged),
                 "seeds": sorted(int(s) for s in g.loc[g["judged"], "seed"].dropna()),
-                "recovers": n_judged >= min_seeds and n_rec >= needed(n_judged, share),
+                "recovers": n_judged >= min_seeds and n_inst > 0 and k_inst >= needed(n_inst, share),
             }
         )
     out = pd.DataFrame(rows)
@@ -105,11 +123,17 @@ def recovering_settings(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def rate_by(trials: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Recovered / judged trial counts per group of `by` columns (for maps and per-parameter curves)."""
-    df = trials if "judged" in trials.columns else add_outcomes(trials)
-    judged = df[df["judged"]]
-    g = judged.groupby(by, observed=True, dropna=False)
+    """Recovered / judged instance counts per group of `by` columns (for maps and per-parameter curves).
+
+    `trials` is a trial frame or an `instances` frame; columns n_recovered, n_judged (instances),
+    n_trials, rate and recovery ("k/n").
+    """
+    inst = trials if "instance" in trials.columns else instances(trials)
+    g = inst.groupby(by, observed=True, dropna=False)
     out = g.agg(n_recovered=("success", "sum"), n_judged=("success", "size")).reset_index()
+    ids = [c for c in ("out", "trial_id") if c in inst.columns]
+    trial_counts = g[ids].apply(lambda d: len(d.drop_duplicates()))
+    out["n_trials"] = trial_counts.to_numpy() if len(out) else []
     out["n_recovered"] = out["n_recovered"].astype(int)
     out["rate"] = out["n_recovered"] / out["n_judged"]
     out["recovery"] = [format_rate(k, n) for k, n in zip(out["n_recovered"], out["n_judged"], strict=True)]

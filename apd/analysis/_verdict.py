@@ -1,4 +1,4 @@
-"""Re-judge stored trials with other verdict thresholds, through the one rule in `apd.metrics.verdict`."""
+"""Re-judge stored trials with other verdict thresholds, through the one rule (`apd.metrics.verdict.decide`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,23 @@ from typing import Any
 
 import pandas as pd
 
-from apd.analysis._columns import METRIC, as_list, is_missing
+from apd.analysis._columns import METRIC
+from apd.analysis._outcomes import row_metrics
 from apd.config import EvalConfig
 from apd.errors import ConfigError
-from apd.metrics.verdict import judge
+from apd.metrics.verdict import decide
+
+DERIVED = (
+    "judged",
+    "success",
+    "outcome",
+    "failure_modes",
+    "instance_success",
+    "instance_modes",
+    "n_judged_instances",
+    "n_recovered_instances",
+)
+"""Columns `add_outcomes` derives from the verdict: dropped when the verdict changes."""
 
 
 def eval_config(overrides: EvalConfig | Mapping[str, Any] | None) -> EvalConfig:
@@ -22,45 +35,38 @@ def eval_config(overrides: EvalConfig | Mapping[str, Any] | None) -> EvalConfig:
     return EvalConfig.from_dict(dict(overrides), source="eval")
 
 
-def row_metrics(row: pd.Series) -> dict[str, Any]:
-    """The metrics.json dict of one trial, rebuilt from its `metric.*` columns (lists as lists)."""
-    out: dict[str, Any] = {}
-    for col, value in row.items():
-        if not isinstance(col, str) or not col.startswith(METRIC):
-            continue
-        key = col[len(METRIC) :]
-        if key.endswith("_per_instance"):
-            if (values := as_list(value)) is not None:
-                out[key] = values
-        elif not is_missing(value):
-            out[key] = value.item() if hasattr(value, "item") else value
-    return out
-
-
 def rejudge(trials: pd.DataFrame, eval_cfg: EvalConfig | Mapping[str, Any] | None) -> pd.DataFrame:
-    """A copy of `trials` whose `recovered` and `recovered_all` follow `eval_cfg` instead of the stored verdict.
+    """A copy of `trials` whose verdict columns (`recovered`, `recovered_all`, `metric.recovered_per_instance`,
+    `metric.check_<name>_per_instance`) follow `eval_cfg` instead of the stored verdict.
 
-    Only COMPLETE trials are judged again; the others keep 0.0 / False. Thresholds that shape a
-    measurement (contribution cutoff, identity tolerance, scrub sample sizes) cannot change here.
+    Only COMPLETE trials are judged again; the others keep 0.0 / False. A missing or non-numeric
+    metric fails its check. Results of schema 1 are judged on the checks they measured. Thresholds
+    that shape a measurement (contribution cutoff, identity tolerance, scrub sample sizes) cannot
+    change here.
     """
     cfg = eval_config(eval_cfg)
-    df = trials.copy()
-    rec, rec_all = [], []
+    df = trials.drop(columns=[c for c in DERIVED if c in trials.columns])
+    new: dict[str, list[Any]] = {"recovered": [], "recovered_all": []}
+    verdicts: list[dict[str, Any] | None] = []
     for _, row in df.iterrows():
         if row["status"] != "COMPLETE":
-            rec.append(0.0)
-            rec_all.append(False)
+            new["recovered"].append(0.0)
+            new["recovered_all"].append(False)
+            verdicts.append(None)
             continue
+        family = row.get("family") if isinstance(row.get("family"), str) else None
         try:
-            verdict = judge(row_metrics(row), cfg)
-        except (KeyError, TypeError, IndexError) as e:
-            raise ConfigError(
-                f"trial {row['trial_id']}: cannot re-judge, stored metrics lack {METRIC}{e.args[0] if e.args else '?'}"
-            ) from None
-        rec.append(float(verdict["recovered"]))
-        rec_all.append(bool(verdict["recovered_all"]))
-    df["recovered"] = pd.Series(rec, index=df.index, dtype=float)
-    df["recovered_all"] = pd.Series(rec_all, index=df.index, dtype=bool)
-    for col in ("judged", "success", "outcome", "failure_mode"):
-        df = df.drop(columns=col) if col in df.columns else df
+            v = decide(row_metrics(row), cfg, family=family, measured_only=row.get("schema") == "1")
+        except ConfigError as e:  # a family this checkout does not know
+            raise ConfigError(f"{row.get('out', '?')}: trial {row['trial_id']}: {e}") from None
+        new["recovered"].append(v.recovered)
+        new["recovered_all"].append(v.recovered_all)
+        verdicts.append(v.to_metrics())
+    df["recovered"] = pd.Series(new["recovered"], index=df.index, dtype=float)
+    df["recovered_all"] = pd.Series(new["recovered_all"], index=df.index, dtype=bool)
+    stored = [c for c in df.columns if str(c).startswith(f"{METRIC}check_")]
+    keys = {k for v in verdicts if v for k in v if k.endswith("_per_instance")}
+    for key in sorted(keys | {c[len(METRIC) :] for c in stored}):
+        values = [None if v is None else v.get(key) for v in verdicts]
+        df[METRIC + key] = pd.Series(values, index=df.index, dtype=object)
     return df

@@ -21,7 +21,10 @@ def add_analyze_args(parser: argparse.ArgumentParser) -> None:
         help="where to write report.md and its figures (default: FIRST_OUT/report)",
     )
     parser.add_argument(
-        "--share", type=float, default=1.0, help="share of a setting's seeds that must recover (default 1.0: all)"
+        "--share",
+        type=float,
+        default=0.9,
+        help="share of a setting's judged model instances that must recover (default 0.9)",
     )
     parser.add_argument("--min-seeds", type=int, default=3, help="seeds a setting needs to count (default 3)")
     parser.add_argument(
@@ -42,7 +45,7 @@ def analyze_main(args: argparse.Namespace) -> int:
     evals = parse_overrides(list(getattr(args, "eval", None) or []))
     analysis = analyze(
         outs,
-        share=float(getattr(args, "share", 1.0)),
+        share=float(getattr(args, "share", 0.9)),
         min_seeds=int(getattr(args, "min_seeds", 3)),
         eval_cfg=evals or None,
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from apd.config import read_yaml
 from apd.errors import ConfigError
 
 DIR_COLUMNS = ("out_dir", "trial_dir", "run_dir")
@@ -62,7 +62,7 @@ def load_trial(path: str | Path) -> TrialArtifacts:
     except json.JSONDecodeError as e:
         raise ConfigError(f"{mpath}: not valid JSON ({e.msg}, line {e.lineno})") from None
     cpath = d / "config.yaml"
-    config = yaml.safe_load(cpath.read_text()) if cpath.is_file() else None
+    config = read_yaml(cpath) if cpath.is_file() else None
     figs = sorted((d / "figures").glob("*.png")) if (d / "figures").is_dir() else []
     comps = d / "components.pt"
     return TrialArtifacts(d, metrics, config, figs, comps if comps.is_file() else None)

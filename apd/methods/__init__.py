@@ -15,21 +15,29 @@ from pydantic import Discriminator, Tag, TypeAdapter, ValidationError
 
 from apd.config import DEFAULT_METHOD, MethodConfig
 from apd.errors import ConfigError
-from apd.methods.base import Decomposition, Method, StepOutput
+from apd.methods.base import Decomposition, Members, Method, StepOutput
 
-METHODS: dict[str, str] = {
+METHODS: dict[str, str | type[Method]] = {
     "apd": "apd.methods.apd:APD",
     "spd": "apd.methods.spd:SPD",
 }
-"""Method name -> `module:class` of its `Method` (imported on first use)."""
+"""Method name -> `module:Class` of its `Method` (imported on first use), or the class itself."""
 
 
-def register(name: str, target: str) -> None:
-    """Add a method (`module:Class`); names are unique."""
+def register(name: str, target: str | type[Method]) -> None:
+    """Add a method (`module:Class`, or a `Method` subclass); names are unique."""
     if name in METHODS and METHODS[name] != target:
         raise ValueError(f"method {name!r} is already registered as {METHODS[name]}")
     METHODS[name] = target
     _adapter.cache_clear()
+    get_method.cache_clear()
+
+
+def unregister(name: str) -> None:
+    """Remove a method (a test that registered its own)."""
+    METHODS.pop(name, None)
+    _adapter.cache_clear()
+    get_method.cache_clear()
 
 
 def method_names() -> list[str]:
@@ -41,7 +49,10 @@ def get_method(name: str) -> Method:
     """The `Method` registered as `name`; ConfigError listing the known ones otherwise."""
     if name not in METHODS:
         raise ConfigError(f"method: unknown method {name!r}; known: {', '.join(METHODS)}")
-    module, cls = METHODS[name].split(":")
+    target = METHODS[name]
+    if not isinstance(target, str):
+        return target()
+    module, cls = target.split(":")
     method: Method = getattr(importlib.import_module(module), cls)()
     return method
 
@@ -91,11 +102,13 @@ def _untagged(e: ValidationError) -> ValidationError:
 __all__ = [
     "METHODS",
     "Decomposition",
+    "Members",
     "Method",
     "StepOutput",
     "get_method",
     "method_names",
     "method_of",
     "register",
+    "unregister",
     "validate_config",
 ]

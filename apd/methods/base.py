@@ -7,12 +7,29 @@ through these classes; none of them imports a method's own modules.
 
 Shapes: inputs `(batch, instances, d)`; a decomposed parameter `(instances, d_in, d_out)`; a
 method's components of it `(instances, C, d_in, d_out)` when materialised.
+
+Packs (`apd.pack`): K settings of one method trained in one step along the instance axis, member j
+owning instances `[j I, (j + 1) I)` of a target tiled K times. A method supports packs when
+
+* every tensor of its `Decomposition`'s state dict has the instance axis first (the pack builds its
+  components from each member's own `init` and cuts members out of them by slicing that axis);
+* every op of its loss is per instance, so one member's values never reach another's;
+* it names in `pack_keys` its own config keys that may differ between members (shape-free scalars:
+  coefficients, top-k, ...; a key's None-ness may not differ: it switches a term on or off), and
+  `packed_loss` computes the loss with each member's values of those keys (`Members.values`).
+
+The shared keys of `apd.pack.MEMBER_KEYS` (lr and its schedule, seed, evaluation) are the loop's
+business; every other key must be equal across the members. `before_step`/`after_backward` get
+the first member's config. The target is tiled by `apd.pack.tile_target`, which needs the
+instance axis first on its every parameter and buffer (checked: the gated target has none, so it
+is refused). APD supports packs; a method with empty `pack_keys` (the default) runs every setting
+alone.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,7 +52,49 @@ class StepOutput:
     total: Tensor
     """The scalar the optimiser minimises."""
     stats: dict[str, Tensor] = field(default_factory=dict)
-    """Scalar diagnostics recorded with the losses (e.g. APD's `mean_active`), keyed as in `Method.stat_keys`."""
+    """Scalar diagnostics recorded with the losses (e.g. APD's `mean_active`), keyed as in `Method.stat_keys`;
+    `(members,)`, one per member, from `packed_loss`."""
+    member_totals: Tensor | None = None
+    """`packed_loss` only: each member's own total `(members,)` (`total` is their sum)."""
+
+
+@dataclass(frozen=True)
+class Members:
+    """The configs of a pack's members (`apd.pack`): member j owns instances `[j I, (j + 1) I)`."""
+
+    configs: tuple[Any, ...]
+    instances: int
+    """I: the instances of one member (the target's own)."""
+    _cache: dict[tuple[str, str, torch.dtype], Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    @property
+    def first(self) -> Any:
+        """The config whose structural keys (equal across members) the step reads."""
+        return self.configs[0]
+
+    def values(self, key: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Each member's value of config attribute `key` `(members,)` on `device`, built once."""
+        cached = self._cache.get((key, str(device), dtype))
+        if cached is None:
+            values = [getattr(cfg, key) for cfg in self.configs]
+            cached = self._cache[(key, str(device), dtype)] = torch.tensor(values, device=device, dtype=dtype)
+        return cached
+
+    def per_instance(self, key: str, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+        """`values` repeated for each member's instances: `(members * I,)`."""
+        key_i = f"{key}/instances"
+        cached = self._cache.get((key_i, str(device), dtype))
+        if cached is None:
+            cached = self.values(key, device, dtype).repeat_interleave(self.instances)
+            self._cache[(key_i, str(device), dtype)] = cached
+        return cached
+
+    def member_means(self, values: Tensor) -> Tensor:
+        """Per-instance `(members * I,)` values averaged within each member: `(members,)`."""
+        return values.view(len(self.configs), self.instances).mean(-1)
 
 
 class Decomposition(nn.Module):
@@ -91,6 +150,9 @@ class Method(ABC):
     """Scalar diagnostics of a step record besides the losses."""
     importance_name: ClassVar[str] = "importance"
     """What `importances` computes, in words (APD: attributions; SPD: causal importances)."""
+    pack_keys: ClassVar[frozenset[str]] = frozenset()
+    """The method's config keys that may differ between the members of a pack (module docstring);
+    empty: the method does not support packs."""
 
     @abstractmethod
     def init(self, cfg: Any, target: Target, generator: torch.Generator) -> Decomposition:
@@ -99,6 +161,14 @@ class Method(ABC):
     @abstractmethod
     def loss(self, cfg: Any, target: Target, comps: Decomposition, x: Tensor, generator: torch.Generator) -> StepOutput:
         """Every loss term for the batch `x`; `generator` (on x's device) drives any sampling."""
+
+    def packed_loss(
+        self, members: Members, target: Target, comps: Decomposition, x: Tensor, generators: Sequence[torch.Generator]
+    ) -> StepOutput:
+        """`loss` for a pack: per-instance `terms`, each member's total in `member_totals` with its own
+        values of `pack_keys`, `stats` per member; `total` their sum, so each member's gradient is its own.
+        `generators`: each member's sampling stream (the one `loss` would get alone)."""
+        raise NotImplementedError(f"method {self.name} does not support packs")
 
     @abstractmethod
     def importances(self, cfg: Any, target: Target, comps: Decomposition, x: Tensor) -> dict[str, Tensor]:

@@ -1,4 +1,4 @@
-"""Residual-MLP neuron contributions ("virtual weights", method notes 4.2) and mono/duo/poly/dead.
+"""Residual-MLP neuron contributions ("virtual weights", docs/method.md) and mono/duo/poly/dead.
 
 For feature f and neuron n of a layer: `contrib[f, n] = (W_E W_in)[f, n] * (W_out W_E^T)[n, f]`,
 how strongly feature f is read into neuron n times how strongly n writes back onto f. Neurons of

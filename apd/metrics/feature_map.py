@@ -1,4 +1,4 @@
-"""Feature -> component map from one-hot inputs (method notes 4.3) and the dedicated fraction (9)."""
+"""Feature -> component map from one-hot inputs (docs/method.md) and the dedicated fraction (9)."""
 
 from __future__ import annotations
 

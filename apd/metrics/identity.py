@@ -1,4 +1,4 @@
-"""Identity-pattern error of the one-hot attribution matrix, for any target (method notes 9).
+"""Identity-pattern error of the one-hot attribution matrix, for any target (docs/method.md).
 
 Rows (features) are normalised by their max, columns (components) are matched to features by the
 Hungarian algorithm, and we count matched entries below `1 - tol` (a feature without a clean

@@ -1,4 +1,4 @@
-"""Per-feature losses on samples with exactly one active feature (method notes 4.5)."""
+"""Per-feature losses on samples with exactly one active feature (docs/method.md)."""
 
 from __future__ import annotations
 

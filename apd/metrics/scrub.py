@@ -1,4 +1,4 @@
-"""Scrubbed / anti-scrubbed ablation losses (method notes 4.4).
+"""Scrubbed / anti-scrubbed ablation losses (docs/method.md).
 
 Every component is kept independently with probability 1/2; the components mapped to the sample's
 active features are then forced ON (scrubbed) or OFF (anti-scrubbed). A good decomposition loses
@@ -7,11 +7,14 @@ little when scrubbed and a lot when anti-scrubbed. Losses are per-sample MSEs vs
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from apd.methods.base import Decomposition
-from apd.targets.base import Target
+if TYPE_CHECKING:
+    from apd.methods.base import Decomposition
+    from apd.targets.base import Target
 
 
 def forced_components(x: Tensor, feature_map: Tensor, C: int) -> Tensor:
@@ -42,6 +45,6 @@ def masked_output(target: Target, components: Decomposition, x: Tensor, mask: Te
 def monosemantic_baseline(x: Tensor, labels: Tensor, n_neurons: int) -> Tensor:
     """One neuron per function for the first `n_neurons` features, the identity for the rest.
 
-    `x, labels (batch, I, f)` -> `(batch, I, f)` (the paper's naive baseline, method notes 2.3).
+    `x, labels (batch, I, f)` -> `(batch, I, f)` (the paper's naive baseline, docs/method.md).
     """
     return torch.cat([labels[..., :n_neurons], x[..., n_neurons:]], dim=-1)

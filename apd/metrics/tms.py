@@ -1,4 +1,4 @@
-"""TMS ground truth (method notes 4.1, 9): MMCS, ML2R, distinct matching, hidden-layer check.
+"""TMS ground truth (docs/method.md): MMCS, ML2R, distinct matching, hidden-layer check.
 
 Compared per feature j: the target's row j of `linear1` (`W[i, j, :]`, the paper's column) and the
 same row of every component's `linear1` matrix (`P[i, c, j, :]`). Hidden layers and the tied

@@ -1,78 +1,155 @@
-"""The `recovered` verdict as a pure function of stored metrics (method notes 9).
+"""THE verdict: one function decides, per model instance, whether a decomposition recovered the
+ground truth, and names every check that failed (docs/method.md).
 
-`judge` reads only numbers that `evaluate` stored, so analysis can re-judge finished runs with
-other thresholds. Thresholds that shape a measurement itself (`contribution_cutoff`,
-`identity_tol`, `scrub_batches`, `scrub_batch_size`) were applied when the metrics were computed;
-changing those needs `evaluate` again.
+The checks are the target family's (`Family.checks`: named predicates over stored metrics, each
+with its failure-mode name); `verdict` reads only numbers that `evaluate` stored, so analysis can
+re-judge finished runs with other thresholds, and failure-mode counts derive from its output.
+Thresholds that shape a measurement itself (`contribution_cutoff`, `identity_tol`,
+`scrub_batches`, `scrub_batch_size`) were applied when the metrics were computed; changing those
+needs `evaluate` again.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from apd.config import EvalConfig
-from apd.metrics.keys import family_of
+from apd.metrics.keys import family_kind
 
 
-def _finite(v: Any) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v))
+@dataclass(frozen=True)
+class Verdict:
+    """Which checks judged, and per instance which of them failed."""
+
+    family: str
+    checks: tuple[str, ...]
+    """The checks that applied, in the family's order."""
+    failed: tuple[tuple[str, ...], ...]
+    """Per instance, every failed check (empty: recovered)."""
+    missing: tuple[tuple[str, ...], ...]
+    """Per instance, the failed checks whose metrics were missing, None, NaN or not numbers."""
+
+    @property
+    def n_instances(self) -> int:
+        return len(self.failed)
+
+    @property
+    def recovered_per_instance(self) -> list[bool]:
+        return [not f for f in self.failed]
+
+    @property
+    def recovered(self) -> float:
+        per = self.recovered_per_instance
+        return sum(per) / len(per) if per else 0.0
+
+    @property
+    def recovered_all(self) -> bool:
+        return bool(self.failed) and not any(self.failed)
+
+    def failure_modes(self) -> list[list[str]]:
+        """Per instance, the failure mode of every failed check (the family's names)."""
+        from apd.targets.registry import get_family
+
+        family = get_family(self.family)
+        return [[_failure(family, name) for name in failed] for failed in self.failed]
+
+    def to_metrics(self) -> dict[str, Any]:
+        """What `metrics.json` stores: the verdict and the outcome of each check per instance."""
+        out: dict[str, Any] = {
+            "recovered": self.recovered,
+            "recovered_all": self.recovered_all,
+            "recovered_per_instance": self.recovered_per_instance,
+        }
+        for name in self.checks:
+            out[f"check_{name}_per_instance"] = [name not in failed for failed in self.failed]
+        return out
 
 
-def _ge(v: Any, threshold: float) -> bool:
-    return _finite(v) and v >= threshold
+def _failure(family: Any, name: str) -> str:
+    check = family.check(name)
+    return check.failure if check is not None else name
 
 
-def _le(v: Any, threshold: float) -> bool:
-    return _finite(v) and v <= threshold
+MAX_INSTANCES = 100_000
+"""A stored instance count above this is not believed (the longest per-instance list counts instead)."""
 
 
-def tms_instance_recovered(m: Mapping[str, Any], i: int, cfg: EvalConfig) -> bool:
-    """MMCS >= mmcs_min, one-to-one (if required), ML2R in range, hidden sum close to I."""
-    ml2r = m["ml2r_per_instance"][i]
-    ok = _ge(m["mmcs_per_instance"][i], cfg.mmcs_min) and _ge(ml2r, cfg.ml2r_min)
-    if cfg.ml2r_max is not None:
-        ok = ok and _le(ml2r, cfg.ml2r_max)
-    if cfg.require_one_to_one:
-        ok = ok and m["n_distinct_per_instance"][i] == m["n_features"]
-    if "hidden_identity_rel_error_per_instance" in m:
-        ok = ok and _le(m["hidden_identity_rel_error_per_instance"][i], cfg.identity_hidden_rel_tol)
-    return bool(ok)
+def n_instances(metrics: Mapping[str, Any]) -> int:
+    """`n_instances` when stored (an instance without metrics then fails), else the longest per-instance list."""
+    from apd.targets.family import finite_number
+
+    n = finite_number(metrics.get("n_instances"))
+    if n is not None and n.is_integer() and 0 <= n <= MAX_INSTANCES:
+        return int(n)
+    lengths = [len(v) for k, v in metrics.items() if k.endswith("_per_instance") and _is_list(v)]
+    return max(lengths, default=0)
 
 
-def resid_instance_recovered(m: Mapping[str, Any], i: int, cfg: EvalConfig) -> bool:
-    """Dedicated fraction, dedicated components mono, median normalised top-1 MSE, scrub ratio."""
-    return bool(
-        _ge(m["dedicated_fraction_per_instance"][i], cfg.dedicated_min)
-        and m["n_dedicated_not_mono_per_instance"][i] == 0
-        and _le(m["median_norm_top1_mse_per_instance"][i], cfg.norm_top1_mse_max)
-        and _ge(m["scrub_ratio_per_instance"][i], cfg.scrub_ratio_min)
-    )
+def _is_list(v: Any) -> bool:
+    return isinstance(v, list | tuple | np.ndarray)
 
 
-def generic_instance_recovered(m: Mapping[str, Any], i: int, cfg: EvalConfig) -> bool:
-    """Targets without a family-specific verdict: a clean identity pattern."""
-    return bool(m["identity_error_per_instance"][i] == 0)
+def _value(metrics: Mapping[str, Any], key: str, i: int) -> float | None:
+    from apd.targets.family import finite_number
+
+    value: Any = metrics.get(key)
+    if key.endswith("_per_instance"):
+        if not _is_list(value) or i >= len(value):
+            return None
+        value = value[i]
+    return finite_number(value)
 
 
-_RULES = {
-    "tms": tms_instance_recovered,
-    "resid_mlp": resid_instance_recovered,
-    "generic": generic_instance_recovered,
-}
+def decide(
+    metrics: Mapping[str, Any],
+    eval_cfg: EvalConfig | Mapping[str, Any],
+    *,
+    family: str | None = None,
+    measured_only: bool = False,
+) -> Verdict:
+    """Judge every instance with the family's checks (`family`: default the metrics' own, see `family_kind`).
+
+    A check fails when any metric it reads is missing, None, NaN or not a number. `measured_only`
+    skips checks none of whose metrics the dict holds at all (results written before the check
+    existed); use it only for such old results.
+    """
+    from apd.targets.registry import get_family
+
+    cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_dict(dict(eval_cfg), source="eval")
+    kind = family or family_kind(metrics)
+    checks = get_family(kind).active_checks(metrics, cfg)
+    if measured_only:
+        checks = [c for c in checks if any(k in metrics for k in c.reads)]
+    failed: list[tuple[str, ...]] = []
+    missing: list[tuple[str, ...]] = []
+    for i in range(n_instances(metrics)):
+        bad, absent = [], []
+        for check in checks:
+            values = [_value(metrics, k, i) for k in check.reads]
+            if any(v is None for v in values):
+                bad.append(check.name)
+                absent.append(check.name)
+            elif not check.passes(values, cfg):
+                bad.append(check.name)
+        failed.append(tuple(bad))
+        missing.append(tuple(absent))
+    return Verdict(kind, tuple(c.name for c in checks), tuple(failed), tuple(missing))
 
 
 def judge(metrics: Mapping[str, Any], eval_cfg: EvalConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """`recovered` (fraction of instances), `recovered_all` and `recovered_per_instance`.
+    """`decide(...).to_metrics()`: `recovered` (share of instances), `recovered_all`,
+    `recovered_per_instance` and `check_<name>_per_instance`."""
+    return decide(metrics, eval_cfg).to_metrics()
 
-    `eval_cfg` is an `EvalConfig` or a mapping of its fields (missing ones take the defaults).
-    """
-    cfg = eval_cfg if isinstance(eval_cfg, EvalConfig) else EvalConfig.from_dict(dict(eval_cfg), source="eval")
-    rule = _RULES[family_of(metrics)]
-    per = [rule(metrics, i, cfg) for i in range(len(metrics["identity_error_per_instance"]))]
-    return {
-        "recovered": sum(per) / len(per) if per else 0.0,
-        "recovered_all": bool(per) and all(per),
-        "recovered_per_instance": per,
-    }
+
+def rules(kind: str, ev: EvalConfig, names: Sequence[str] | None = None) -> list[str]:
+    """The family's rules in words with `ev`'s thresholds: those in `names` (default: all that apply)."""
+    from apd.targets.registry import get_family
+
+    family = get_family(kind)
+    checks = family.checks if names is not None else family.active_checks({}, ev)
+    return [c.rule(ev) for c in checks if names is None or c.name in names]

@@ -1,9 +1,12 @@
 """THE Parquet schema of sweep results, and a store that rewrites both files atomically.
 
 `OUT/trials.parquet`, one row per trial:
-  trial_id, sweep, experiment, engine, status (COMPLETE|PRUNED|FAILED|DIVERGED|RUNNING), error,
-  seed, setting_id, draw, node, mlflow_run_id, recovered (double), recovered_all (bool),
-  start_time, end_time (timestamp[us, UTC]), steps_done (int64),
+  trial_id, sweep, experiment (as the sweep file names it), engine, status
+  (COMPLETE|PRUNED|FAILED|DIVERGED|RUNNING), error, seed, setting_id, draw, node, mlflow_run_id,
+  recovered (double), recovered_all (bool), start_time, end_time (timestamp[us, UTC]), steps_done
+  (int64), and (schema 2) method, target (name), target_spec (JSON of the resolved spec), family
+  (the kind of the family that judges the target), n_instances (int64) and experiment_ref (a
+  registered experiment's name, or the absolute path of the config YAML: what `apd decompose` takes),
   objective (single objective) or objective.0, objective.1, ... (several),
   param.<dotted key> per swept parameter (typed from the spec), metric.<key> per final metrics.json
   key (bool, int64, double, string, or list<double> for per-instance lists).
@@ -11,13 +14,15 @@
 File metadata: `apd_schema_version`, `apd_sweep`, `apd_engine`, `apd_objectives` (JSON list of
 {metric, mode}). Files are written to a temp file and `os.replace`d, so a killed sweep always
 leaves complete files holding every trial that had ended (and the running ones as RUNNING).
+A file that cannot be read on resume is moved aside (`NAME.corrupt-<time>`), never overwritten,
+and its rows are rebuilt from the study and the run folders (`apd.sweep.study.reconcile`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +33,8 @@ import pyarrow.parquet as pq
 from apd.sweep.spec import CategoricalParam, GridParam, IntParam, ValidatedSweep
 from apd.sweep.trial import TrialOutcome, TrialPoint
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+"""Version 2 added method, target, target_spec, family, n_instances and experiment_ref."""
 TRIALS_FILE = "trials.parquet"
 HISTORY_FILE = "history.parquet"
 PARAM = "param."
@@ -52,6 +58,12 @@ BASE_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("start_time", TIMESTAMP),
     ("end_time", TIMESTAMP),
     ("steps_done", pa.int64()),
+    ("method", pa.string()),
+    ("target", pa.string()),
+    ("target_spec", pa.string()),
+    ("family", pa.string()),
+    ("n_instances", pa.int64()),
+    ("experiment_ref", pa.string()),
 )
 NOT_METRICS = ("status", "steps_done", "error")
 """metrics.json keys that have their own column."""
@@ -190,10 +202,32 @@ def read_table(path: Path) -> pa.Table:
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write next to `path`, then rename over it: readers never see a half-written file."""
+    """Write next to `path`, then rename over it: readers never see a half-written file (and a
+    failed write, e.g. a full disk, leaves the previous file and no temp file)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_or_move_aside(path: Path, echo: Callable[[str], None]) -> pa.Table | None:
+    """The table at `path`; None when there is none, or when it is unreadable (truncated by a
+    kill, garbage): then it is renamed `NAME.corrupt-<time>` (kept, never overwritten), with a line
+    saying so."""
+    if not path.is_file():
+        return None
+    try:
+        return read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        os.replace(path, aside)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        echo(f"{path}: unreadable ({first}); moved to {aside.name}, rebuilding it")
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,18 +241,22 @@ class ResultsStore:
         self.out, self.sweep, self.engine = out, sweep, engine
         self.rows: dict[str, dict[str, Any]] = {}
         self.history: dict[str, dict[int, dict[str, float]]] = {}
+        self._targets: dict[str, dict[str, Any]] = {}
 
     @classmethod
-    def load(cls, out: Path, sweep: ValidatedSweep, engine: str) -> ResultsStore:
-        """Continue from the files a previous run of this sweep left (resume)."""
+    def load(
+        cls, out: Path, sweep: ValidatedSweep, engine: str, *, echo: Callable[[str], None] = print
+    ) -> ResultsStore:
+        """Continue from the files a previous run of this sweep left (resume). An unreadable file is
+        moved aside (`read_or_move_aside`); the study's reconcile rebuilds what it held."""
         store = cls(out, sweep, engine)
-        if (out / TRIALS_FILE).is_file():
-            for row in read_table(out / TRIALS_FILE).to_pylist():
-                store.rows[row["trial_id"]] = store._internal(row)
-        if (out / HISTORY_FILE).is_file():
-            for rec in read_table(out / HISTORY_FILE).to_pylist():
-                tid, step = rec.pop("trial_id"), int(rec.pop("step"))
-                store.history.setdefault(tid, {})[step] = {k: v for k, v in rec.items() if v is not None}
+        trials = read_or_move_aside(out / TRIALS_FILE, echo)
+        for row in trials.to_pylist() if trials is not None else []:
+            store.rows[row["trial_id"]] = store._internal(row)
+        history = read_or_move_aside(out / HISTORY_FILE, echo)
+        for rec in history.to_pylist() if history is not None else []:
+            tid, step = rec.pop("trial_id"), int(rec.pop("step"))
+            store.history.setdefault(tid, {})[step] = {k: v for k, v in rec.items() if v is not None}
         return store
 
     def _internal(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -251,8 +289,35 @@ class ResultsStore:
             "params": dict(point.params),
             "metrics": {},
             "objective": None,
+            **self.target_columns(point),
         }
         self.history.setdefault(point.trial_id, {})
+
+    def target_columns(self, point: TrialPoint) -> dict[str, Any]:
+        """Method, target, resolved spec, family and instance count of a trial's config (a file target is
+        read once per sweep, never trained), and the experiment as `apd decompose` takes it."""
+        from pydantic import ValidationError
+
+        from apd.errors import ApdError
+        from apd.targets import describe_target
+
+        try:
+            cfg = self.sweep.config(point.params, point.seed)
+        except ValidationError:  # an interior point breaking a rule: the trial reports it as FAILED
+            return {"experiment_ref": experiment_ref(self.sweep)}
+        key = json.dumps(cfg.target.to_dict(), sort_keys=True)
+        if key not in self._targets:
+            try:
+                info = describe_target(cfg.target)
+                self._targets[key] = {
+                    "target": info.name,
+                    "target_spec": info.spec_json,
+                    "family": info.family,
+                    "n_instances": info.n_instances,
+                }
+            except ApdError:  # a missing or broken target file: the trial itself reports it
+                self._targets[key] = {"target": cfg.target.name or Path(str(cfg.target.path)).stem}
+        return {"method": cfg.method, "experiment_ref": experiment_ref(self.sweep), **self._targets[key]}
 
     def add_step(self, trial_id: str, record: Mapping[str, float], node: str | None = None) -> None:
         row = self.rows[trial_id]
@@ -298,6 +363,12 @@ class ResultsStore:
         write_atomic(trials_table(self.sweep, self.engine, ordered), self.out / TRIALS_FILE)
         history = {k: self.history[k] for k in sorted(self.history) if k in self.rows}
         write_atomic(history_table(self.sweep, self.engine, history), self.out / HISTORY_FILE)
+
+
+def experiment_ref(sweep: ValidatedSweep) -> str:
+    """A registered experiment's name, else the absolute path of its config YAML (runnable from anywhere)."""
+    registered = not sweep.spec.experiment.endswith((".yaml", ".yml")) and "/" not in sweep.spec.experiment
+    return sweep.spec.experiment if registered else str(sweep.experiment_path.resolve())
 
 
 def now() -> datetime:

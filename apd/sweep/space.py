@@ -7,6 +7,7 @@ its own trial (noise included). Grid search enqueues every point times every see
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Collection
 from typing import Any, Literal
@@ -32,6 +33,8 @@ DRAW_ATTR = "apd.draw"
 INTERRUPTED_ATTR = "apd.interrupted"
 """Set on a trial the driver lost (killed sweep); it does not count and was enqueued again."""
 RERUN_ATTR = "apd.rerun_of"
+TRIAL_ID_ATTR = "apd.trial_id"
+"""The trial's id in OUT (`t0003`): its row, run folder and MLflow run name."""
 
 Space = Callable[[optuna.Trial], dict[str, Any]]
 
@@ -66,6 +69,7 @@ def make_space(sweep: ValidatedSweep) -> Space:
             trial.set_user_attr(SEED_ATTR, seed)  # last: a trial with a seed has its whole point
             enqueue_replicas(trial.study, sweep, params, draw, held={replica_key(sweep, params, seed)})
         point = TrialPoint(trial.number, trial_id_of(trial.number), seed, draw, setting_id(params), params)
+        trial.set_user_attr(TRIAL_ID_ATTR, point.trial_id)
         return {"apd": point.to_dict()}
 
     return space
@@ -145,3 +149,67 @@ def pruning_sign(sweep: ValidatedSweep) -> float:
     when its mode differs (e.g. prune on total_loss, min, while maximising mmcs)."""
     obj_min = sweep.spec.objective[0].mode == "min"
     return 1.0 if obj_min == (sweep.spec.pruning.mode == "min") else -1.0
+
+
+def intermediate_value(sweep: ValidatedSweep, record: dict[str, float]) -> float | None:
+    """What a trial reports to Optuna at a step (`trial.report`, shown by optuna-dashboard): the
+    pruning metric, negated as `pruning_sign` says when a pruner reads it. None when Optuna takes
+    none (multi-objective studies) or the value is not finite."""
+    if sweep.spec.multi_objective:
+        return None
+    value = record.get(sweep.spec.pruning.metric)
+    if value is None or not math.isfinite(value):
+        return None
+    return pruning_sign(sweep) * value if sweep.spec.pruning.algorithm != "none" else float(value)
+
+
+class PackDrawer:
+    """Asks the study for trials and hands out packs of up to `size` points that can share one
+    (`apd.pack.pack_key`): the trials asked in a row (a draw, then its queued replicas) fill a pack
+    first; a point that fits none waits for the next. At most `limit` trials are asked in all."""
+
+    def __init__(self, study: optuna.Study, sweep: ValidatedSweep, size: int, limit: int) -> None:
+        self.study, self.sweep, self.size, self.limit = study, sweep, size, limit
+        self.space = make_space(sweep)
+        self.asked = 0
+        self.pending: list[tuple[optuna.Trial, TrialPoint, str]] = []
+
+    def next_pack(self) -> list[tuple[optuna.Trial, TrialPoint]]:
+        """The next pack (empty when every trial was handed out)."""
+        while self.asked < self.limit and not self._full():
+            trial = self.study.ask()
+            self.asked += 1
+            point = TrialPoint.from_dict(self.space(trial)["apd"])
+            self.pending.append((trial, point, self._key(point)))
+        if not self.pending:
+            return []
+        groups: dict[str, list[tuple[optuna.Trial, TrialPoint, str]]] = {}
+        for item in self.pending:
+            groups.setdefault(item[2], []).append(item)
+        first = self.pending[0][2]
+        key = max(groups, key=lambda k: (min(len(groups[k]), self.size), k == first))
+        chosen = groups[key][: self.size]
+        self.pending = [item for item in self.pending if item not in chosen]
+        return [(trial, point) for trial, point, _ in chosen]
+
+    def _full(self) -> bool:
+        """A pack is ready: one group holds `size` points, or enough wait that packing should start."""
+        counts: dict[str, int] = {}
+        for _, _, key in self.pending:
+            counts[key] = counts.get(key, 0) + 1
+        return max(counts.values(), default=0) >= self.size or len(self.pending) >= PENDING_PACKS * self.size
+
+    def _key(self, point: TrialPoint) -> str:
+        """Points whose configs do not validate each run alone (and fail there, with the reason)."""
+        from pydantic import ValidationError
+
+        from apd.pack import pack_key
+
+        try:
+            return pack_key(self.sweep.config(point.params, point.seed))
+        except (ValidationError, ValueError):
+            return f"invalid:{point.trial_id}"
+
+
+PENDING_PACKS = 4
+"""Asked trials may wait for a compatible pack up to this many packs' worth before the fullest runs."""

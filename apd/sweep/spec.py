@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,20 +23,31 @@ from pydantic import Field, ValidationError, field_validator
 
 from apd.config import (
     DEFAULT_METHOD,
+    MAPPING_ERRORS,
     BaseConfig,
     DecomposeConfig,
+    Float,
+    Int,
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    absolute_target_path,
     apply_overrides,
+    choice_hint,
+    closest,
+    dotted_keys,
+    key_hint,
     read_yaml,
     resolve_experiment,
+    unknown_name,
+    unknown_target,
 )
 from apd.errors import ConfigError
-from apd.metrics.keys import COMMON_KEYS, RESID_KEYS, TMS_HIDDEN_KEYS, TMS_KEYS
 
 Scalar = str | bool | int | float | None
 """A categorical value (Optuna's categorical choices must be one of these)."""
+SCALAR_TAGS = ("str", "bool", "int", "float")
+"""The location parts pydantic adds for the members of `Scalar` when a value fits none."""
 
 RESERVED_KEYS = {
     "seed": "set the replica seeds with `seeds`",
@@ -54,9 +66,10 @@ def step_keys(method: str) -> tuple[str, ...]:
 
 def objective_keys(method: str) -> tuple[str, ...]:
     """Scalar metrics.json keys a trial of `method` can be scored on."""
-    family = (*COMMON_KEYS, *TMS_KEYS, *TMS_HIDDEN_KEYS, *RESID_KEYS)
-    keys = ("steps_done", *(k for k in step_keys(method) if k != "lr"), *family)
-    return tuple(k for k in keys if not k.endswith("_per_instance"))
+    from apd.metrics.keys import objective_keys as family_keys
+
+    keys = ("steps_done", *(k for k in step_keys(method) if k != "lr"), *family_keys())
+    return tuple(dict.fromkeys(keys))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,8 +109,8 @@ class UniformParam(_Param):
     """A float in [low, high]; with `step`, only low, low + step, ..., high."""
 
     type: Literal["uniform"]
-    low: float
-    high: float
+    low: Float
+    high: Float
     step: PositiveFloat | None = None
 
 
@@ -105,16 +118,16 @@ class LogUniformParam(_Param):
     """A float in [low, high] drawn uniformly in log space."""
 
     type: Literal["loguniform"]
-    low: float
-    high: float
+    low: Float
+    high: Float
 
 
 class IntParam(_Param):
     """An integer in [low, high] in steps of `step` (log-spaced with `log: true`, then step 1)."""
 
     type: Literal["int"]
-    low: int
-    high: int
+    low: Int
+    high: Int
     step: PositiveInt = 1
     log: bool = False
 
@@ -127,7 +140,7 @@ class SearchConfig(BaseConfig):
     algorithm: Literal["grid", "random", "tpe", "cmaes", "nsga2"] = "tpe"
     n_trials: PositiveInt | None = None
     """Settings the search draws; each runs once per grid combination and seed. Grid: all points."""
-    seed: int = 0
+    seed: Int = 0
     """Sampler seed (reproducible suggestions with max_concurrent 1)."""
 
 
@@ -143,7 +156,7 @@ class PruningConfig(BaseConfig):
     mode: Literal["min", "max"] = "min"
     grace_steps: PositiveInt | None = None
     """Steps every trial runs before it can be stopped (required for asha)."""
-    reduction_factor: Annotated[int, Field(ge=2)] = 2
+    reduction_factor: Annotated[Int, Field(ge=2)] = 2
 
 
 class Resources(BaseConfig):
@@ -170,7 +183,7 @@ class SweepSpec(BaseConfig):
     fixed: dict[str, Any] = Field(default_factory=dict)
     """Dotted overrides applied to every trial (e.g. `steps: 2000`, `target.seed: 1`)."""
     parameters: dict[str, Param] = Field(default_factory=dict)
-    seeds: list[int] = Field(default=[0], min_length=1)
+    seeds: list[Int] = Field(default=[0], min_length=1)
     """Every drawn setting runs once per seed (DecomposeConfig.seed: components init and data)."""
     seed_target: bool = False
     """Also set target.seed to the replica seed (one trained target per seed)."""
@@ -179,8 +192,12 @@ class SweepSpec(BaseConfig):
     pruning: PruningConfig = PruningConfig()
     resources: Resources = Resources()
     max_concurrent: PositiveInt | None = None
-    """Trials at once (Ray engine); default as many as the resources allow."""
-    max_failures: Annotated[int, Field(ge=0)] = 2
+    """Trials at once (Ray engine; packs at once with `pack`); default as many as the resources allow."""
+    pack: int | Literal["auto"] = 1
+    """Trials trained together in one step, along the instance axis (`apd.pack`); `auto` measures the
+    device at start-up (1 on a CPU, where packing does not pay). Incompatible points (other shapes,
+    steps, target) go in different packs."""
+    max_failures: Annotated[Int, Field(ge=0)] = 2
     """Ray retries of a trial whose worker or node died (resumed from its last checkpoint)."""
     report_every: PositiveInt | None = None
     """Steps between reports (history, MLflow curves, pruning); default the experiment's log_every."""
@@ -189,6 +206,13 @@ class SweepSpec(BaseConfig):
     tracking: Tracking = Tracking()
     output: str | None = None
     """Output folder; default out/NAME. `apd sweep --out` overrides it."""
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, v: Any) -> Any:
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError("must be a positive integer or auto")
+        return v
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -237,6 +261,15 @@ class ValidatedSweep:
 
         return validate_config(self.config_dict(params, seed))
 
+    def target_field(self, params: Mapping[str, Any], cfg: DecomposeConfig) -> str:
+        """The sweep field that chose `cfg`'s target: a parameter, a `fixed` key or the experiment file."""
+        key = "target.path" if cfg.target.path is not None else "target.name"
+        if key in params:
+            return f"parameters.{key}{_field_of(self.spec.parameters[key], params[key])}"
+        if key in self.spec.fixed or "target" in self.spec.fixed:
+            return f"fixed.{key}"
+        return f"experiment: {self.experiment_path}: {key}"
+
     def config_dict(self, params: Mapping[str, Any], seed: int) -> dict[str, Any]:
         extra: dict[str, Any] = {"seed": seed, "log_every": self.report_every}
         if self.spec.seed_target:
@@ -249,6 +282,17 @@ class ValidatedSweep:
             raise ConfigError(f"{self.source}: --trials: grid search runs every point ({self.n_draws})")
         search = self.spec.search.model_copy(update={"n_trials": n_trials})
         return replace(self, spec=self.spec.model_copy(update={"search": search}), n_draws=n_trials)
+
+    def with_pack(self, pack: str) -> ValidatedSweep:
+        """The same sweep with another pack size (`apd sweep --pack K|auto`), checked as the file's would be."""
+        data = self.spec.to_dict() | {"pack": pack if pack == "auto" else _int_or_none(pack)}
+        try:
+            spec = SweepSpec.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError("--pack: " + format_sweep_error(e, "").split(": ", 2)[-1]) from None
+        _check(spec, f"{self.source} with --pack {pack}")
+        _check_pack(spec, f"{self.source} with --pack {pack}", self.method)
+        return replace(self, spec=spec)
 
     def resolved_dict(self) -> dict[str, Any]:
         """The spec as run: name, experiment path and trial count filled in (written to OUT/sweep.yaml)."""
@@ -271,6 +315,11 @@ def load_spec(path: str | Path) -> ValidatedSweep:
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of sweep keys")
+    if "experiment" not in data and "target" in data:
+        raise ConfigError(
+            f"{source}: a decomposition config, not a sweep file (it has target:, no experiment:); run it with "
+            "apd decompose, or name it in a sweep file's experiment:"
+        )
     return validate_spec(data, source=source, base_dir=Path(path).parent)
 
 
@@ -278,11 +327,12 @@ def validate_spec(data: dict[str, Any], *, source: str, base_dir: Path = Path(".
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_sweep_error(e, source)) from None
+        raise ConfigError(format_sweep_error(e, source, SweepSpec)) from None
     _check(spec, source)
     exp_path = _experiment_path(spec.experiment, base_dir, source)
-    base = _base_config(exp_path, spec, source)
+    base = _base_config(exp_path, spec, source, base_dir)
     _check_metrics(spec, source, str(base.get("method") or DEFAULT_METHOD))
+    _check_pack(spec, source, str(base.get("method") or DEFAULT_METHOD))
     report_every = spec.report_every or int(base.get("log_every") or DecomposeConfig.model_fields["log_every"].default)
     if spec.checkpoint_every is not None and spec.checkpoint_every % report_every:
         raise ConfigError(
@@ -296,11 +346,18 @@ def validate_spec(data: dict[str, Any], *, source: str, base_dir: Path = Path(".
     return replace(sweep, max_steps=_validate_points(sweep))
 
 
+def _int_or_none(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text  # validation names it
+
+
 def _experiment_path(experiment: str, base_dir: Path, source: str) -> Path:
     """A path relative to the sweep file wins over one relative to the working directory."""
     near = base_dir / experiment
     try:
-        return resolve_experiment(near if near.is_file() else experiment)
+        return resolve_experiment(near if experiment.strip() and near.exists() else experiment)
     except ConfigError as e:
         raise ConfigError(f"{source}: experiment: {e}") from None
 
@@ -309,14 +366,19 @@ def _is_registered(experiment: str) -> bool:
     return not experiment.endswith((".yaml", ".yml")) and "/" not in experiment
 
 
-def _base_config(exp_path: Path, spec: SweepSpec, source: str) -> dict[str, Any]:
-    data = read_yaml(exp_path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{exp_path}: expected a mapping of config keys")
+def _base_config(exp_path: Path, spec: SweepSpec, source: str, base_dir: Path) -> dict[str, Any]:
+    """The experiment with `fixed` applied; a relative target.path is read relative to the file naming it."""
     try:
-        return apply_overrides(data, spec.fixed)
+        data = read_yaml(exp_path)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: experiment: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: experiment: {exp_path}: expected a mapping of config keys")
+    try:
+        merged = apply_overrides(absolute_target_path(data, exp_path.parent), spec.fixed)
     except ConfigError as e:
         raise ConfigError(f"{source}: fixed.{e}") from None
+    return absolute_target_path(merged, base_dir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,6 +389,10 @@ def _check(spec: SweepSpec, source: str) -> None:
     def fail(where: str, msg: str) -> None:
         raise ConfigError(f"{source}: {where}: {msg}")
 
+    for section in ("fixed", "parameters"):
+        for key in getattr(spec, section):
+            if not all(part.strip() for part in key.split(".")):
+                fail(f"{section}.{key}", "a dotted key with an empty part")
     for key in spec.fixed:
         if key in RESERVED_KEYS:
             fail(f"fixed.{key}", RESERVED_KEYS[key])
@@ -341,6 +407,8 @@ def _check(spec: SweepSpec, source: str) -> None:
     if spec.multi_objective and spec.search.algorithm == "cmaes":
         fail("search.algorithm", "cmaes is single-objective; use nsga2, tpe or random")
     _check_pruning(spec, fail)
+    if spec.pack != 1 and spec.pack != "auto" and spec.pruning.algorithm != "none":
+        fail("pack", "packed trials cannot be pruned (set pruning.algorithm: none, or pack: 1)")
     if spec.resources.gpus > 1 and spec.resources.gpus != int(spec.resources.gpus):
         fail("resources.gpus", f"fractional only below 1 (got {spec.resources.gpus})")
 
@@ -385,22 +453,30 @@ def _check_pruning(spec: SweepSpec, fail: Any) -> None:
         fail("pruning.grace_steps", "required for asha")
 
 
+def _check_pack(spec: SweepSpec, source: str, method: str) -> None:
+    from apd.methods import get_method
+
+    if spec.pack not in (1, "auto") and not get_method(method).pack_keys:
+        raise ConfigError(f"{source}: pack: method {method} does not support packs (use pack: 1)")
+
+
 def _check_metrics(spec: SweepSpec, source: str, method: str) -> None:
     """Objectives and the pruning metric must be keys the experiment's method reports."""
     from apd.methods import METHODS
 
     if method not in METHODS:
-        raise ConfigError(f"{source}: experiment: unknown method {method!r}; known: {', '.join(METHODS)}")
+        raise ConfigError(f"{source}: experiment: method: {unknown_name('method', method, list(METHODS))}")
     allowed = objective_keys(method)
     for i, obj in enumerate(spec.objective):
         if obj.metric not in allowed:
-            raise ConfigError(
-                f"{source}: objective.{i}.metric: unknown metric {obj.metric!r}; one of {', '.join(allowed)}"
-            )
+            raise ConfigError(f"{source}: objective.{i}.metric: {unknown_name('metric', obj.metric, allowed)}")
     steps = step_keys(method)
     if spec.pruning.algorithm != "none" and spec.pruning.metric not in steps:
+        near = closest(spec.pruning.metric, steps)
+        hint = f"; did you mean {near!r}?" if near is not None else ""
         raise ConfigError(
-            f"{source}: pruning.metric: must be a step metric, one of {', '.join(steps)} (got {spec.pruning.metric!r})"
+            f"{source}: pruning.metric: must be a step metric, one of {', '.join(steps)} "
+            f"(got {spec.pruning.metric!r}){hint}"
         )
 
 
@@ -500,26 +576,48 @@ def _validate_points(sweep: ValidatedSweep) -> int:
             raise ConfigError(_point_error(e, sweep, params)) from None
         except ConfigError as e:  # a dotted key runs through a non-section
             raise ConfigError(f"{sweep.source}: parameters.{e}") from None
+        _check_target(sweep, params, cfg)
         max_steps = max(max_steps, cfg.steps)
     return max_steps
 
 
+def _check_target(sweep: ValidatedSweep, params: Mapping[str, Any], cfg: DecomposeConfig) -> None:
+    """A registered target name or an existing file, named by the sweep field that chose it (the
+    file's contents are checked when the driver loads the targets, before any trial starts)."""
+    problem = unknown_target(cfg)
+    path = Path(cfg.target.path) if cfg.target.path is not None else None
+    if path is not None and not path.is_file():
+        problem = f"{path}: {'not a file' if path.exists() else 'no such file'}"
+    if problem is not None:
+        raise ConfigError(f"{sweep.source}: {sweep.target_field(params, cfg)}: {problem}")
+
+
 def _point_error(e: ValidationError, sweep: ValidatedSweep, params: Mapping[str, Any]) -> str:
     """Name the sweep field that produced the bad value: a parameter bound/choice or a fixed key."""
+    from apd.methods import get_method
+
     err = e.errors()[0]
     loc = ".".join(str(x) for x in err["loc"])
-    msg = _message(err)
+    msg = _message(err) + choice_hint(err)
+    keys = dotted_keys(get_method(sweep.method).config_type)
     spec = sweep.spec
+    setting = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    at = f" (at {setting})" if setting else ""
+    named = re.match(r"([\w.]+): (.*)", msg) if not loc else None
+    if named and named[1] in keys:  # a rule across fields whose message names the field (`topk: ...`)
+        loc, msg = named[1], named[2] + at
+    if err["type"] == "extra_forbidden":
+        msg += key_hint(get_method(sweep.method).config_type, err["loc"])
     if loc in params:
         field = "" if err["type"] == "extra_forbidden" else _field_of(spec.parameters[loc], params[loc])
         return f"{sweep.source}: parameters.{loc}{field}: {msg}"
-    if loc in spec.fixed:
+    if loc in spec.fixed or any(loc.startswith(f"{key}.") for key in spec.fixed):
         return f"{sweep.source}: fixed.{loc}: {msg}"
     if err["type"] == "extra_forbidden":
         return f"{sweep.source}: {sweep.experiment_path}: {loc}: {msg}"
-    setting = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    if named and named[1] in keys:
+        return f"{sweep.source}: {loc}: {msg}"
     where = f"{loc}: " if loc else ""
-    at = f" (at {setting})" if setting else ""
     return f"{sweep.source}: {where}{msg}{at}"
 
 
@@ -554,6 +652,8 @@ def _message(err: Mapping[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "required"
+    if kind in MAPPING_ERRORS:
+        return f"expected a mapping (got {_show(err['input'])})"
     if kind in short:
         msg = short[kind].format(**{k: _show(v) for k, v in ctx.items()})
     else:
@@ -568,21 +668,31 @@ def _show(v: Any) -> str:
     return repr(v)
 
 
-def format_sweep_error(e: ValidationError, source: str) -> str:
-    """The first schema error as `source: dotted.field: message`, without pydantic's union tags."""
+def format_sweep_error(e: ValidationError, source: str, model: type[BaseConfig] | None = None) -> str:
+    """The first schema error as `source: dotted.field: message`, without pydantic's union tags;
+    with `model` (the class validated), an unknown key names the closest known one."""
     err = e.errors()[0]
     loc = [str(x) for x in err["loc"]]
     if len(loc) >= 3 and loc[0] == "parameters" and loc[2] in PARAM_TYPES:
         del loc[2]  # the discriminator tag pydantic inserts
     kind = err["type"]
+    if loc and loc[-1] in SCALAR_TAGS and sum(x["loc"][:-1] == err["loc"][:-1] for x in e.errors()) > 1:
+        # every member of a choice's union refused it: one message, not the first member's
+        del loc[-1]
+        kind, err = "scalar", {**err, "msg": "expected a string, a finite number, a boolean or null"}
     if kind == "union_tag_not_found":
         msg = f"needs type: one of {', '.join(PARAM_TYPES)}"
     elif kind == "union_tag_invalid":
-        msg = f"unknown type {err['ctx']['tag']!r}; one of {', '.join(PARAM_TYPES)}"
-    elif kind == "model_attributes_type":
+        tag = err["ctx"]["tag"]
+        near = closest(tag, PARAM_TYPES)
+        hint = f"; did you mean {near!r}?" if near is not None else ""
+        msg = f"unknown type {tag!r}; one of {', '.join(PARAM_TYPES)}{hint}"
+    elif kind in MAPPING_ERRORS:
         msg = f"expected a mapping (got {err['input']!r})"
+    elif kind == "extra_forbidden":
+        msg = "unknown key" + (key_hint(model, err["loc"]) if model is not None else "")
     else:
-        msg = _message(err)
+        msg = _message(err) + choice_hint(err)
     where = ".".join(loc)
     return f"{source}: {where + ': ' if where else ''}{msg}"
 

@@ -7,11 +7,16 @@ The instances axis is always present (size 1 for a single model).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from apd.data import sample_sparse_features
+from apd.errors import ApdError
 
 LayerFn = Callable[[Tensor], Tensor]
 """Maps a layer input `(batch, instances, d_in)` to its output `(batch, instances, d_out)`."""
@@ -29,6 +34,8 @@ class Layer:
 class Target(nn.Module):
     """Base class of target models. Subclasses set the attributes below and `forward`."""
 
+    kind: ClassVar[str]
+    """The family (`apd.targets.registry.FAMILIES`) whose ground truth judges decompositions of it."""
     layers: tuple[Layer, ...]
     n_instances: int
     n_inputs: int
@@ -37,6 +44,9 @@ class Target(nn.Module):
     """Layers whose outputs the hidden-activation reconstruction loss compares."""
     act_recon_relu: bool = False
     """Apply ReLU before comparing (residual MLP: the MLP's hidden activations)."""
+    shared_tensors: ClassVar[tuple[str, ...]] = ()
+    """Parameters or buffers without the instances axis, the same for every instance (a pack tiles
+    every other tensor along that axis, `apd.pack.tile_target`)."""
 
     def weights(self) -> dict[str, Tensor]:
         """Decomposed parameters by name, each `(instances, d_in, d_out)`."""
@@ -48,6 +58,37 @@ class Target(nn.Module):
 
     def forward(self, x: Tensor, layer_fns: Mapping[str, LayerFn] | None = None) -> Tensor:
         raise NotImplementedError
+
+    def labels(self, x: Tensor) -> Tensor:
+        """What the network was trained to output for inputs `x` (its task labels)."""
+        raise ApdError(f"{type(self).__name__}: this target has no task labels")
+
+    def sample(
+        self,
+        batch_size: int,
+        *,
+        feature_probability: float,
+        value_range: tuple[float, float],
+        data_generation_type: str = "at_least_zero_active",
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Inputs `(batch, instances, n_inputs)` on the model's device: sparse features (docs/method.md)."""
+        return sample_sparse_features(
+            batch_size,
+            self.n_instances,
+            self.n_inputs,
+            feature_probability=feature_probability,
+            value_range=value_range,
+            data_generation_type=data_generation_type,
+            generator=generator,
+            device=self.device,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            return t.device
+        return torch.device("cpu")
 
     def param_shapes(self) -> dict[str, tuple[int, int]]:
         return {name: (w.shape[-2], w.shape[-1]) for name, w in self.weights().items()}

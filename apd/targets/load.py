@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,11 @@ from torch import Tensor
 
 from apd.config import TargetRef
 from apd.data import Batches
-from apd.errors import ApdError, ConfigError
+from apd.errors import ConfigError
 from apd.targets.base import Target
-from apd.targets.file import linear_stack_from_arrays, read_arrays
-from apd.targets.registry import get_spec
-from apd.targets.specs import FileSpec, GatedSpec, TargetSpec, build_model, parse_spec
-from apd.targets.tasks import model_device, sample_batch, task_labels
+from apd.targets.family import Family, TargetSpec
+from apd.targets.file import read_arrays, user_target
+from apd.targets.registry import family_of_model, get_family, parse_spec, resolve_spec
 from apd.targets.train import FORMAT, cache_path, resolve_device, train_target
 
 
@@ -37,14 +37,18 @@ class LoadedTarget:
 
     @property
     def device(self) -> torch.device:
-        return model_device(self.model)
+        return self.model.device
+
+    @property
+    def family(self) -> Family:
+        """The family whose ground truth judges the network (a TMS-format user file: TMS)."""
+        return family_of_model(self.model)
 
     def sample(
         self, batch_size: int, generator: torch.Generator | None = None, data_generation_type: str | None = None
     ) -> Tensor:
         """Inputs `(batch, instances, n_inputs)` on the target's device."""
-        return sample_batch(
-            self.model,
+        return self.model.sample(
             batch_size,
             feature_probability=self.feature_probability,
             value_range=self.value_range,
@@ -59,61 +63,54 @@ class LoadedTarget:
 
     def labels(self, x: Tensor) -> Tensor:
         """The task labels the target was trained on (TMS |x|, resid x + ReLU(c x), gated sum a_i F_i(x))."""
-        if isinstance(self.spec, FileSpec):
-            raise ApdError(f"target {self.name}: a user-supplied file has no task labels")
-        return task_labels(self.spec, self.model, x)
+        return self.model.labels(x)
 
 
 def load_target(ref: TargetRef, device: str | torch.device = "auto") -> LoadedTarget:
-    """The target named by `ref` (trained and cached on a miss) or read from `ref.path`."""
+    """The target named by `ref` (with its spec overrides; trained and cached on a miss) or read from `ref.path`."""
     dev = resolve_device(device)
     if ref.name is None:
         assert ref.path is not None
-        spec, model, name, seed = _read_target_file(Path(ref.path).expanduser())
+        spec, model, name, seed = read_target_file(Path(ref.path).expanduser())
     else:
         name, seed = ref.name, ref.seed
-        spec = get_spec(name)
-        if isinstance(spec, FileSpec):
-            spec, model, _, _ = _read_target_file(Path(spec.path).expanduser(), spec)
-        elif isinstance(spec, GatedSpec):
-            model = build_model(spec, seed)
+        spec = resolve_spec(name, ref.overrides)
+        family = get_family(spec.kind)
+        recipe = family.recipe(spec)
+        if recipe is None:  # hand-set, or the user's own file: nothing to train
+            spec, model = family.materialize(spec, seed)
         else:
-            path = cache_path(name, seed)
+            path = cache_path(name, seed, spec=spec)
             if not path.is_file():
-                print(f"target {name} (seed {seed}) is not cached at {path}; training it ({spec.train.steps} steps)")
-                train_target(name, seed, progress=False, device=dev)
-            cached_spec, model, _, _ = _read_target_file(path)
+                print(f"target {name} (seed {seed}) is not cached at {path}; training it ({recipe.steps} steps)")
+                train_target(name, seed, progress=False, device=dev, spec=spec)
+            cached_spec, model, _, _ = read_target_file(path)
             if cached_spec != spec:
                 raise ConfigError(
                     f"{path}: trained for another spec of {name}; retrain with `apd train-target {name} "
                     f"--seed {seed} --force`"
                 )
     model = model.to(dev).eval().requires_grad_(False)
-    assert spec.feature_probability is not None and spec.value_range is not None
-    p = ref.feature_probability if ref.feature_probability is not None else spec.feature_probability
-    return LoadedTarget(model, name, spec, seed, p, spec.value_range, ref.data_generation_type)
+    p_spec, vr = getattr(spec, "feature_probability", None), getattr(spec, "value_range", None)
+    assert p_spec is not None and vr is not None
+    p = ref.feature_probability if ref.feature_probability is not None else p_spec
+    return LoadedTarget(model, name, spec, seed, p, tuple(vr), ref.data_generation_type)
 
 
-def _read_target_file(path: Path, file_spec: FileSpec | None = None) -> tuple[TargetSpec, Target, str, int]:
-    """(spec, model on CPU, name, seed) from a `train_target` file or a user linear stack."""
+def read_target_file(path: Path) -> tuple[TargetSpec, Target, str, int]:
+    """(spec, model on CPU, name, seed) from a `train_target` file or a user file (`apd.targets.file`)."""
     data = read_arrays(path)
     if "format" not in data:
-        stack, p, vr = linear_stack_from_arrays(data, path)
-        fs = file_spec or FileSpec(path=str(path))
-        spec = fs.model_copy(
-            update={
-                "feature_probability": p if fs.feature_probability is None else fs.feature_probability,
-                "value_range": vr if fs.value_range is None else fs.value_range,
-            }
-        )
-        return spec, stack, path.stem, 0
+        spec, model = user_target(path, data=data)
+        return spec, model, path.stem, 0
     if data["format"] != FORMAT:
         raise ConfigError(f"{path}: unsupported target file format {data['format']!r} (expected {FORMAT!r})")
     trained_spec = parse_spec(data.get("spec"), source=f"{path}: spec")
-    if isinstance(trained_spec, FileSpec):
-        raise ConfigError(f"{path}: spec: a trained target cannot be of kind file")
+    family = get_family(trained_spec.kind)
+    if not family.cacheable:
+        raise ConfigError(f"{path}: spec: a trained target cannot be of kind {trained_spec.kind}")
     seed = int(data.get("seed", 0))
-    model = build_model(trained_spec, seed)
+    model = family.build(trained_spec, seed)
     try:
         model.load_state_dict(_state_dict(data, path))
     except RuntimeError as e:
@@ -127,3 +124,30 @@ def _state_dict(data: dict[str, Any], path: Path) -> dict[str, Tensor]:
     if not isinstance(sd, dict):
         raise ConfigError(f"{path}: missing state_dict")
     return sd
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """What the results record about a config's target, without training it."""
+
+    name: str
+    family: str
+    """The kind of the family that judges it."""
+    spec: dict[str, Any]
+    n_instances: int | None
+
+    @property
+    def spec_json(self) -> str:
+        return json.dumps(self.spec, sort_keys=True)
+
+
+def describe_target(ref: TargetRef) -> TargetInfo:
+    """Name, family, resolved spec and instance count of `ref`'s target; reads a file, never trains."""
+    if ref.name is not None:
+        spec = resolve_spec(ref.name, ref.overrides)
+        family = get_family(spec.kind)
+        if family.cacheable:
+            data = spec.to_dict()
+            return TargetInfo(ref.name, spec.kind, data, family.n_instances(data))
+    loaded = load_target(ref, "cpu")
+    return TargetInfo(loaded.name, loaded.family.kind, loaded.spec.to_dict(), loaded.model.n_instances)

@@ -1,9 +1,11 @@
-"""Train registered targets with their recipes and cache them as self-describing files.
+"""Train registered targets with their family's recipe and cache them as self-describing files.
 
-Cache: `cache_dir()/<name>-seed<seed>.pt` (`APD_CACHE_DIR` or `~/.cache/apd-sweeps/targets`),
-written atomically. A file holds `format`, `name`, `seed`, `spec` (a dict), `state_dict` and
-`metadata` (`final_loss`, `steps`, `date`, `train_seconds`, `device`, `torch`), so it loads
-without the registry.
+Cache: `cache_dir()/<name>-seed<seed>.pt` for a registered spec, `<name>-<hash>-seed<seed>.pt` for
+one with overrides (`hash`: `TargetSpec.cache_key`, 8 hex digits of the resolved spec), so an
+overridden target never collides with the registered one (`APD_CACHE_DIR` or
+`~/.cache/apd-sweeps/targets`), written atomically. A file holds `format`, `name`, `seed`, `spec`
+(a dict), `state_dict` and `metadata` (`final_loss`, `steps`, `date`, `train_seconds`, `device`,
+`torch`), so it loads without the registry.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ from apd.device import resolve_device
 from apd.errors import ConfigError
 from apd.schedules import lr_at
 from apd.targets.base import Target
-from apd.targets.registry import get_spec
-from apd.targets.specs import FileSpec, GatedSpec, ResidMLPSpec, TMSSpec, build_model
-from apd.targets.tasks import sample_batch, task_loss
+from apd.targets.family import TargetSpec
+from apd.targets.registry import get_family, get_spec
 
 FORMAT = "apd-sweeps-target/1"
 FINAL_LOSS_BATCHES = 10
+FINAL_LOSS_BATCH = 2048
 
 
 @dataclass
@@ -44,43 +46,47 @@ def cache_dir() -> Path:
     return Path(os.environ.get("APD_CACHE_DIR") or "~/.cache/apd-sweeps/targets").expanduser()
 
 
-def cache_path(name: str, seed: int = 0, steps: int | None = None) -> Path:
-    """Where `train_target` caches a target; a step override gets its own file."""
+def cache_path(name: str, seed: int = 0, steps: int | None = None, spec: TargetSpec | None = None) -> Path:
+    """Where `train_target` caches a target; a step override or a spec other than the registered one
+    gets its own file."""
     suffix = "" if steps is None else f"-steps{steps}"
-    return cache_dir() / f"{name}-seed{seed}{suffix}.pt"
+    key = "" if spec is None or spec == get_spec(name) else f"-{spec.cache_key()}"
+    return cache_dir() / f"{name}{key}-seed{seed}{suffix}.pt"
 
 
 def train(
-    spec: TMSSpec | ResidMLPSpec | GatedSpec,
+    spec: TargetSpec,
     seed: int = 0,
     *,
     steps: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> Trained:
-    """Initialise from `seed` and train with the spec's recipe (`steps` overrides its length)."""
+    """Initialise from `seed` and train with the family's recipe (`steps` overrides its length)."""
     start = time.perf_counter()
+    family = get_family(spec.kind)
     dev = resolve_device(device)
-    model = build_model(spec, seed).to(dev)
+    model = family.build(spec, seed).to(dev)
     data_gen = torch.Generator(device=dev).manual_seed(seed)
+    p, vr = getattr(spec, "feature_probability", None), getattr(spec, "value_range", None)
+    if p is None or vr is None:
+        raise ConfigError(f"{spec.kind} spec: a trained target needs feature_probability and value_range")
 
     def batch(size: int) -> torch.Tensor:
-        return sample_batch(
-            model, size, feature_probability=spec.feature_probability, value_range=spec.value_range, generator=data_gen
-        )
+        return model.sample(size, feature_probability=p, value_range=vr, generator=data_gen)
 
-    n_steps, batch_size = 0, 2048
-    if not isinstance(spec, GatedSpec):  # the gated model is hand-set
-        recipe = spec.train
+    n_steps, batch_size = 0, FINAL_LOSS_BATCH
+    recipe = family.recipe(spec)
+    if recipe is not None:
         n_steps, batch_size = steps if steps is not None else recipe.steps, recipe.batch_size
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = [q for q in model.parameters() if q.requires_grad]
         opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
         bar = trange(n_steps, desc=f"train {spec.kind}", disable=not progress, ncols=100)
         for step in bar:
             lr = lr_at(step, lr=recipe.lr, steps=n_steps, schedule=recipe.lr_schedule)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = task_loss(spec, model, batch(batch_size))
+            loss = family.train_loss(spec, model, batch(batch_size))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -88,13 +94,11 @@ def train(
                 bar.set_postfix(loss=f"{loss.item():.3e}", lr=f"{lr:.1e}")
     model.eval().requires_grad_(False)
     with torch.no_grad():
-        final = torch.stack([task_loss(spec, model, batch(batch_size)) for _ in range(FINAL_LOSS_BATCHES)])
+        final = torch.stack([family.train_loss(spec, model, batch(batch_size)) for _ in range(FINAL_LOSS_BATCHES)])
     return Trained(model, final.mean().item(), n_steps, time.perf_counter() - start)
 
 
-def save_target(
-    path: Path, *, name: str, seed: int, spec: TMSSpec | ResidMLPSpec | GatedSpec, trained: Trained
-) -> None:
+def save_target(path: Path, *, name: str, seed: int, spec: TargetSpec, trained: Trained) -> None:
     """Write a target file atomically (a temp file in the same directory, then `os.replace`)."""
     payload = {
         "format": FORMAT,
@@ -107,7 +111,7 @@ def save_target(
             "steps": trained.steps,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "train_seconds": round(trained.seconds, 2),
-            "device": str(next(trained.model.parameters()).device),
+            "device": str(trained.model.device),
             "torch": str(torch.__version__),
         },
     }
@@ -130,12 +134,14 @@ def train_target(
     force: bool = False,
     steps: int | None = None,
     device: str | torch.device = "auto",
+    spec: TargetSpec | None = None,
 ) -> Path:
-    """Train the registered target `name` with its recipe and cache it; reuse the cached file unless `force`."""
-    spec = get_spec(name)
-    if isinstance(spec, FileSpec):
-        raise ConfigError(f"target {name!r} is the user file {spec.path}; there is nothing to train")
-    path = cache_path(name, seed, steps)
+    """Train the registered target `name` (or `spec`, its overridden form) and cache it; reuse the
+    cached file unless `force`."""
+    spec = spec or get_spec(name)
+    if not get_family(spec.kind).cacheable:
+        raise ConfigError(f"target {name!r} is the user file {getattr(spec, 'path', '?')}; there is nothing to train")
+    path = cache_path(name, seed, steps, spec)
     if path.is_file() and not force:
         return path
     trained = train(spec, seed, steps=steps, device=device, progress=progress)

@@ -1,4 +1,9 @@
-"""Hand-made sweep outputs in the DESIGN.md Parquet schema, with outcomes chosen so counts are known.
+"""Hand-made sweep outputs in the results Parquet schema, with outcomes chosen so counts are known.
+
+Each trial decomposes a one-instance TMS 5-2 (`n_instances` 1, so a trial is one judged instance);
+its metrics are what a run stores, verdict included (`judge` with the default thresholds). A failure
+mode fails more than one check, as real ones do: low MMCS also misaligns the mechanisms, low ML2R
+is a split (split share 0.4, norm ratio 0.6), a non-distinct matching a merge (cosine 0.74).
 
 The TMS 5-2 grid: topk in {0.1, 0.2, 0.3, 0.5} x schatten_coeff in {0.1, 1.0}, seeds 0-2 (8 settings,
 24 judged trials) plus one FAILED trial (seed 3 of topk=0.2, schatten=1.0):
@@ -27,9 +32,11 @@ import torch
 import yaml
 
 from apd.cli import main
+from apd.config import EvalConfig
+from apd.metrics import judge
 from apd.sweep.results import HISTORY_FILE, TRIALS_FILE, history_table, trials_table, write_atomic
 from apd.sweep.spec import validate_spec
-from apd.targets.specs import TMSSpec, TrainRecipe, build_model
+from apd.targets import TMSSpec, TrainRecipe, get_family
 from apd.targets.train import Trained, save_target
 
 TOPKS = (0.1, 0.2, 0.3, 0.5)
@@ -54,24 +61,35 @@ def _metrics(mode: str, seed: int) -> dict[str, Any]:
     mmcs = {"low MMCS": 0.9}.get(mode, 0.998 + 0.0005 * seed)
     ml2r = {"low ML2R": 0.6}.get(mode, 0.9 - 0.01 * seed)
     distinct = 3 if mode == "non-distinct matching" else N_FEATURES
+    cos = {"low MMCS": 0.9, "non-distinct matching": 0.74}.get(mode, 0.99)
+    split = {"low ML2R": 0.4, "low MMCS": 0.04}.get(mode, 0.04)
+    norm_min = {"low ML2R": 0.6}.get(mode, 0.88)
     ok = mode == "recovered"
-    return {
-        "n_features": N_FEATURES,
+    per = {
         "mmcs": mmcs,
         "ml2r": ml2r,
         "n_distinct": float(distinct),
-        "mmcs_per_instance": [mmcs],
-        "ml2r_per_instance": [ml2r],
-        "n_distinct_per_instance": [float(distinct)],
+        "mechanism_cos": cos,
+        "mechanism_norm_min": norm_min,
+        "mechanism_norm_max": 0.92,
+        "split_share": split,
+    }
+    metrics = {
+        "family": "tms",
+        "n_features": N_FEATURES,
+        "n_instances": 1,
+        "n_hidden_layers": 0,
+        **per,
+        **{f"{k}_per_instance": [v] for k, v in per.items()},
         "identity_error": 0 if ok else 2,
         "identity_error_per_instance": [0.0 if ok else 2.0],
-        "recovered_per_instance": [1.0 if ok else 0.0],
         "total_loss": 0.01 if ok else 0.05,
         "faithfulness_loss": 1e-4,
         "topk_recon_loss": 0.005 if ok else 0.02,
         "schatten_loss": 0.3,
         "mean_active": 1.2,
     }
+    return metrics | judge(metrics, EvalConfig())
 
 
 def _rows(experiment: str, sweep: str, objectives: int) -> list[dict[str, Any]]:
@@ -85,8 +103,7 @@ def _rows(experiment: str, sweep: str, objectives: int) -> list[dict[str, Any]]:
         status = {"failed": "FAILED", "diverged": "DIVERGED"}.get(mode, "COMPLETE")
         done = status == "COMPLETE"
         metrics = _metrics(mode, seed) if done else {}
-        if done:
-            metrics |= {"recovered": float(mode == "recovered"), "recovered_all": mode == "recovered"}
+        assert not done or metrics["recovered_all"] == (mode == "recovered")
         objective = None
         if done and objectives == 1:
             objective = [float(metrics["identity_error"])]
@@ -235,7 +252,7 @@ def pentagon_target(path: Path, n_instances: int = 1) -> Path:
         n_instances=n_instances,
         train=TrainRecipe(steps=1, batch_size=8, lr=1e-3, lr_schedule="constant"),
     )
-    tms = build_model(spec, 0)
+    tms = get_family("tms").build(spec, 0)
     angles = torch.arange(5) * 2 * math.pi / 5
     with torch.no_grad():
         tms.W.copy_(torch.stack([torch.cos(angles), torch.sin(angles)], -1).expand(n_instances, 5, 2))
@@ -274,7 +291,9 @@ def resid_rows() -> list[dict[str, Any]]:
         ok = topk == 0.5
         ded, dead = (0.98, 20.0 + seed) if ok else (0.6, 40.0)
         metrics = {
+            "family": "resid_mlp",
             "n_features": 100,
+            "n_instances": 1,
             "identity_error": 0 if ok else 40,
             "identity_error_per_instance": [0 if ok else 40],
             "dedicated_fraction": ded,
@@ -289,11 +308,9 @@ def resid_rows() -> list[dict[str, Any]]:
             "median_norm_top1_mse_per_instance": [0.5],
             "scrub_ratio": 30.0,
             "scrub_ratio_per_instance": [30.0],
-            "recovered": float(ok),
-            "recovered_all": ok,
-            "recovered_per_instance": [float(ok)],
             "total_loss": 0.1,
         }
+        metrics |= judge(metrics, EvalConfig())
         rows.append(
             {
                 "trial_id": f"r{n:03d}",

@@ -32,11 +32,15 @@ def test_report_of_a_real_sweep(inline_sweep: Path, report: tuple[Path, str]) ->
     assert trials["status"].tolist() == ["COMPLETE", "COMPLETE"]
     n_rec = int(trials["recovered_all"].sum())
     # one seed per setting: no setting can meet the 3-seed rule, whatever the trials did
+    # the target is named after its file (pentagon.pt) and described by its family from the stored spec
     expected = (
-        "No trial of TMS 5-2 (tms-5-2) recovered the ground truth (0/2 judged trials in 2 settings)"
+        "No trial of TMS 5-2 (pentagon) with APD recovered the ground truth (0/2 instances over 2 judged seeds"
         if n_rec == 0
-        else f"No setting of TMS 5-2 (tms-5-2) recovered on all of at least 3 seeds (0 of 2 settings), but {n_rec}/2"
+        else f"No setting of TMS 5-2 (pentagon) with APD recovered (>= 90% of judged instances, >= 3 seeds; 0 of 2 "
+        f"settings), but {n_rec}/2 instances"
     )
+    assert trials["method"].tolist() == ["apd", "apd"] and trials["family"].tolist() == ["tms", "tms"]
+    assert trials["target"].tolist() == ["pentagon", "pentagon"] and trials["n_instances"].tolist() == [1, 1]
     assert stdout.startswith(expected)
     text = (out / "report.md").read_text()
     for name in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):

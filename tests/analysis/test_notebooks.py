@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[2] / "analysis"
+REPO = Path(__file__).resolve().parents[2]
+ROOT = REPO / "analysis"
 NOTEBOOKS = ("recovery.ipynb", "trial.ipynb")
 
 
@@ -54,10 +56,17 @@ def _outputs(nb: nbformat.NotebookNode) -> tuple[str, int]:
 
 
 @pytest.mark.slow
-def test_recovery_notebook_runs(inline_sweep: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    env = {"APD_RESULTS": str(inline_sweep), "APD_EVAL": "mmcs_min=0.5,ml2r_min=0.0,require_one_to_one=false"}
-    nb = _run("recovery.ipynb", env, monkeypatch, tmp_path)
+def test_recovery_notebook_runs(inline_sweep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # as documented: `APD_RESULTS=out jupyter lab analysis/recovery.ipynb` started in the folder that
+    # holds `out`; Jupyter runs the kernel in the notebook's folder, and the shell's $PWD stays
+    env = {
+        "APD_RESULTS": inline_sweep.name,
+        "PWD": str(inline_sweep.parent),
+        "APD_EVAL": "mmcs_min=0.5,ml2r_min=0.0,require_one_to_one=false",
+    }
+    nb = _run("recovery.ipynb", env, monkeypatch, ROOT)
     text, images = _outputs(nb)
+    assert f"sweeps: {inline_sweep}" in text
     assert "**Answer.** No " in text and "apd decompose tms-5-2" in text
     assert "With {'mmcs_min': 0.5" in text
     assert images >= 4  # recovery map, importances, metrics, learning curves (+ failure modes, Pareto)
@@ -65,8 +74,11 @@ def test_recovery_notebook_runs(inline_sweep: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.slow
 def test_trial_notebook_runs_and_rerenders(inline_sweep: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    nb = _run("trial.ipynb", {"APD_RESULTS": str(inline_sweep), "APD_TRIAL": "t0001"}, monkeypatch, tmp_path)
+    # a path relative to the repository root, from a shell whose $PWD does not hold it
+    env = {"APD_RESULTS": os.path.relpath(inline_sweep, REPO), "APD_TRIAL": "t0001", "PWD": str(tmp_path)}
+    nb = _run("trial.ipynb", env, monkeypatch, ROOT)
     text, images = _outputs(nb)
+    assert f"sweep: {REPO / os.path.relpath(inline_sweep, REPO)}" in text
     assert "**Trial t0001** of tiny-tms (tms-5-2, seed 0)" in text
     stored = sorted(p.name for p in (inline_sweep / "trials" / "t0001" / "figures").glob("*.png"))
     assert stored and all(f"`{name}`" in text for name in stored)
@@ -80,3 +92,25 @@ def test_kernel_is_this_python() -> None:
 
     spec = KernelSpecManager().get_kernel_spec("python3")
     assert spec.argv[0] in ("python", "python3", sys.executable)
+
+
+def test_results_resolve_from_the_launch_folder_then_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apd.analysis import resolve_results
+
+    (tmp_path / "launch" / "out" / "a").mkdir(parents=True)
+    (tmp_path / "repo" / "analysis").mkdir(parents=True)
+    (tmp_path / "repo" / "pyproject.toml").write_text("")
+    (tmp_path / "repo" / "out" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "repo" / "analysis")  # where a notebook's kernel runs
+    monkeypatch.setenv("PWD", str(tmp_path / "launch"))
+    got = resolve_results(" out/a, out/b ,/abs/c,out/missing")
+    assert got == [
+        tmp_path / "launch" / "out" / "a",  # from $PWD
+        tmp_path / "repo" / "out" / "b",  # from the repository root
+        Path("/abs/c"),  # absolute: as given
+        tmp_path / "launch" / "out" / "missing",  # nowhere: reported under $PWD
+    ]
+    monkeypatch.delenv("PWD")
+    assert resolve_results(["out/b"]) == [tmp_path / "repo" / "out" / "b"]

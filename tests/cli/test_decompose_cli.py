@@ -1,6 +1,8 @@
 """`apd decompose` end to end on a small trained TMS, and resume of an interrupted run."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,45 @@ def test_cli_refuses_an_unfinished_run_without_resume(
     (out / "checkpoint.pt").write_bytes(b"")
     assert main(["decompose", "tms-5-2", "--out", str(out), *small(tms_file)]) == 2
     assert "pass --resume" in capsys.readouterr().err
+
+
+def test_run_files_follow_the_umask(tmp_path: Path, tms_file: Path) -> None:
+    # tempfile's 0600 made run folders on shared storage unreadable to the rest of a team
+    cfg = load_config(
+        "tms-5-2",
+        {"target.name": None, "target.path": str(tms_file), "steps": 40, "batch_size": 64, "log_every": 20},
+    )
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"figures": False})})
+    out = tmp_path / "run"
+    previous = os.umask(0o002)
+    try:
+        calls: list[int] = []
+        stop = lambda: calls.append(1) or len(calls) == 2  # noqa: E731 (records at steps 0, 20)
+        run_decomposition(cfg, out, checkpoint_path=out / "checkpoint.pt", should_stop=stop, progress=False)
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {name: 0o664 for name in ("checkpoint.pt", "config.yaml", "components.pt", "metrics.json")}
+
+
+def test_the_bar_shows_a_current_loss_between_records(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tms_file: Path
+) -> None:
+    from tqdm.auto import tqdm
+
+    import apd.decompose
+
+    shown: list[str] = []
+
+    class Recording(tqdm):  # type: ignore[misc]
+        def set_postfix(self, ordered_dict: object = None, refresh: bool = True, **kwargs: object) -> None:
+            shown.append(str(kwargs["loss"]))
+            super().set_postfix(ordered_dict, refresh, **kwargs)
+
+    monkeypatch.setattr(apd.decompose, "tqdm", Recording)
+    # 200 steps, records every 500: only steps 0 and 200 are records
+    overrides = {"target.name": None, "target.path": str(tms_file), "steps": 200, "batch_size": 64, "log_every": 500}
+    assert run_decomposition(load_config("tms-5-2", overrides), None, progress=True).status == "finished"
+    # the two records, and between them a refresh every max(10, steps // 100) = 10 steps: 19 more values
+    assert len(shown) == 2 + 19
+    assert len(set(shown[1:-1]) - {shown[0]}) >= 10

@@ -32,20 +32,25 @@ def pentagon_tms(n_instances: int = 1, n_hidden_layers: int = 0) -> TMS:
     return tms
 
 
-def tms_components(tms: TMS, groups: list[list[int]], C: int = 5, scale: float = 1.0) -> Components:
+Rows = list[list[int] | list[tuple[int, float]] | list[int | tuple[int, float]]]
+
+
+def tms_components(tms: TMS, groups: Rows, C: int | None = None, scale: float = 1.0) -> Components:
     """Component c holds rows `groups[c]` of W (rank len(groups[c])); the other components are 0.
 
+    An entry `(j, s)` puts `s` times row j there (a split feature: `[(0, 0.5)]` in two components).
     Hidden layers (identity) are split into rank-1 pieces e_k e_k^T, piece k in component k.
     """
-    comps = Components(tms.param_shapes(), n_instances=tms.n_instances, C=C, m=3)
+    comps = Components(tms.param_shapes(), n_instances=tms.n_instances, C=C or max(5, len(groups)), m=3)
     W = tms.W.detach()
     with torch.no_grad():
         for p in [*comps.A.values(), *comps.B.values()]:
             p.zero_()
         for c, feats in enumerate(groups):
-            for r, j in enumerate(feats):
+            for r, entry in enumerate(feats):
+                j, share = entry if isinstance(entry, tuple) else (entry, 1.0)
                 comps.A["linear1"][:, c, j, r] = 1.0
-                comps.B["linear1"][:, c, r, :] = scale * W[:, j, :]
+                comps.B["linear1"][:, c, r, :] = scale * share * W[:, j, :]
         for name in comps.A:
             if name.startswith("hidden_"):
                 for k in range(tms.n_hidden):

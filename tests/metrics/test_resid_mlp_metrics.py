@@ -25,15 +25,15 @@ def test_perfect_decomposition(resid_builders, cfg_factory, sampler_factory):
     # (W_out_c W_E^T)[n, f] = 0.8 [n = f = c] -> 0.8 at (f = c, n = c), else 0: six mono, one dead
     assert (metrics["n_mono"], metrics["n_duo"], metrics["n_poly"], metrics["n_dead"]) == (6, 0, 0, 1)
     assert metrics["n_represented"] == 6
-    assert torch.allclose(torch.tensor(art["contrib_target"][0]), 0.8 * torch.eye(6), atol=1e-6)
+    assert torch.allclose(torch.tensor(art.family.contrib_target[0]), 0.8 * torch.eye(6), atol=1e-6)
     # one-hot x_f = 1 only reaches component f: identity feature map, all dedicated
-    assert art["feature_map"].tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert art.family.feature_map.tolist() == [[0, 1, 2, 3, 4, 5]]
     assert metrics["dedicated_fraction"] == 1.0 and metrics["n_dedicated_not_mono"] == 0
     assert metrics["identity_error"] == 0
     # top-1 output equals the target output (component f reproduces neuron f): ratio ~ 0
     assert metrics["median_norm_top1_mse"] < 1e-6
     # target vs labels on x_f = v > 0: (0.2 v)^2 / 6 outputs; E over v ~ U[-1, 1] = 0.04 / 3 / 6 / 2
-    pf = art["per_feature_mse_target_vs_labels"][0]
+    pf = art.family.per_feature_mse["target_vs_labels"][0]
     assert pf.mean() == pytest.approx(0.04 / 36, rel=0.35)
     # scrubbing keeps the active features' components: orthonormal W_E leaves nothing else -> ~0
     assert metrics["scrubbed_loss"] < 1e-9 and metrics["anti_scrubbed_loss"] > 1e-3
@@ -50,11 +50,12 @@ def test_merged_decomposition(resid_builders, cfg_factory, sampler_factory):
     # component 0 represents features 0 and 1 (0.8 each): duo; components 1 and 6 empty: dead
     assert (metrics["n_mono"], metrics["n_duo"], metrics["n_poly"], metrics["n_dead"]) == (4, 1, 0, 2)
     # features 0 and 1 both map to component 0: 4 of 6 dedicated
-    assert art["feature_map"].tolist() == [[0, 0, 2, 3, 4, 5]]
+    assert art.family.feature_map.tolist() == [[0, 0, 2, 3, 4, 5]]
     assert metrics["dedicated_fraction"] == pytest.approx(4 / 6)
     assert metrics["n_dedicated_not_mono"] == 0
     assert (metrics["identity_off_diag"], metrics["identity_diag_miss"]) == (1, 1)
     assert metrics["recovered"] == 0.0 and metrics["recovered_all"] is False
+    assert metrics["check_dedicated_per_instance"] == [False] and metrics["check_scrub_ratio_per_instance"] == [True]
     # re-judged with a lower dedicated threshold, the stored numbers pass
     assert judge(metrics, {"dedicated_min": 0.6})["recovered"] == 1.0
     assert judge(metrics, {"dedicated_min": 0.6, "scrub_ratio_min": 1e30})["recovered"] == 0.0
@@ -68,7 +69,7 @@ def test_explicit_label_function(resid_builders, cfg_factory, sampler_factory):
     # labels x + 0.5 ReLU(x): the target (x + 0.8 ReLU(x)) misses them by 0.3 ReLU(x) instead of
     # 0.2 ReLU(x), on the same samples: per-feature MSE ratio (0.3 / 0.2)^2 = 2.25
     _, half = evaluate(cfg_factory(7), model, comps, sample=sampler_factory(), labels=lambda x: x + 0.5 * torch.relu(x))
-    ratio = half["per_feature_mse_target_vs_labels"] / default["per_feature_mse_target_vs_labels"]
+    ratio = half.family.per_feature_mse["target_vs_labels"] / default.family.per_feature_mse["target_vs_labels"]
     assert ratio[0].tolist() == pytest.approx([2.25] * 6, rel=1e-4)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
@@ -73,26 +72,16 @@ def write_sweep(path: Path, data: dict[str, Any]) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local(tiny_target: Path) -> Iterator[None]:
-    """One private 2-CPU Ray for the session (started after APD_CACHE_DIR is set, so workers see it)."""
-    import ray
+    """One private 2-CPU Ray for the session (started after APD_CACHE_DIR is set, so workers see it),
+    set up as a local sweep sets up its own: loopback only, with a token of its own."""
+    from apd.sweep.ray_engine import local_ray
 
-    from apd.sweep.ray_engine import ray_environment
-
-    ray_environment(local=True)
     # a private RAY_TMPDIR (short: it holds Unix sockets) keeps this Ray out of /tmp/ray, so no
     # bare `ray.init()` of another test or developer joins it
     previous = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = tmp = tempfile.mkdtemp(prefix="apdray", dir="/tmp")
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=False,
-        object_store_memory=256 * 2**20,
-    )
-    yield
-    ray.shutdown()
+    with local_ray(num_cpus=2, object_store_memory=256 * 2**20):
+        yield
     if previous is None:
         os.environ.pop("RAY_TMPDIR", None)
     else:

@@ -39,10 +39,10 @@ def study_states(out: Path, name: str) -> Counter[str]:
 # A grid whose outcomes are known in advance (one trial at a time, so ASHA's order is fixed):
 #   lr 0.01 on cpu -> COMPLETE; lr 0.01 on device "bogus" -> FAILED (the run raises);
 #   lr 0.02 -> PRUNED at step 20 (ASHA on lr, min: worse than the 0.01 trial at that rung);
-#   lr 1e8 -> DIVERGED (NaN within a few steps).
+#   lr 1e30 -> DIVERGED (float32 overflows to NaN within a few steps).
 FAULTS = {
     "parameters": {
-        "lr": {"type": "categorical", "values": [0.01, 0.02, 1.0e8]},
+        "lr": {"type": "categorical", "values": [0.01, 0.02, 1.0e30]},
         "device": {"type": "categorical", "values": ["cpu", "bogus"], "when": {"lr": 0.01}},
     },
     "seeds": [0],
@@ -74,8 +74,9 @@ def test_inline_engine_records_every_outcome(tiny_target: Path, tmp_path: Path, 
     check_faults(tmp_path / "out", "inline")
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "sweep faults: 4 trials (4 settings x 1), engine inline; 0 done, 4 to run"
-    assert lines[1].startswith("[1/4] trial t0000 COMPLETE mmcs=")
-    assert lines[3].startswith("[3/4] trial t0002 PRUNED at step 20")
+    trials = [line for line in lines if " trial t" in line]
+    assert trials[0].startswith("[1/4] trial t0000 COMPLETE mmcs=")
+    assert trials[2].startswith("[3/4] trial t0002 PRUNED at step 20")
 
 
 def test_inline_multi_objective_nsga2(tiny_target: Path, tmp_path: Path) -> None:
@@ -97,7 +98,7 @@ def test_inline_multi_objective_nsga2(tiny_target: Path, tmp_path: Path) -> None
 def test_fresh_sweep_refuses_a_used_out_and_resume_needs_one(tiny_target: Path, tmp_path: Path) -> None:
     spec = write_sweep(tmp_path / "s.yaml", sweep_dict(tiny_target, search={"algorithm": "random", "n_trials": 1}))
     assert sweep_main(args(spec, tmp_path / "out", engine="inline", trials=1)) == 0
-    with pytest.raises(ConfigError, match="already holds a sweep; pass --resume"):
+    with pytest.raises(ConfigError, match=r"already holds a sweep \(.*\); pass --resume"):
         sweep_main(args(spec, tmp_path / "out", engine="inline"))
     with pytest.raises(ConfigError, match="nothing to resume"):
         sweep_main(args(spec, tmp_path / "other", engine="inline", resume=True))
@@ -159,6 +160,15 @@ def test_ray_engine_with_asha_and_mlflow(ray_local: None, tiny_target: Path, tmp
     assert children["t0001"].data.tags["apd.error"].startswith("ConfigError: device")
     assert children["t0002"].data.tags["pruned"] == "true"
     assert rows["t0000"]["mlflow_run_id"] == done.info.run_id
+    # final values at step 0; every status count on the parent, zeros included
+    assert [m.step for m in client.get_metric_history(done.info.run_id, "mmcs")] == [0]
+    counts = {k: parent.data.metrics[k] for k in ("n_complete", "n_pruned", "n_failed", "n_diverged", "n_running")}
+    assert counts == {"n_complete": 1, "n_pruned": 1, "n_failed": 1, "n_diverged": 1, "n_running": 0}
+    # the Ray side fills the study as the inline engine does: ids, run ids, intermediate values
+    study = optuna.load_study(study_name="faults", storage=f"sqlite:///{out}/optuna.db")
+    first = study.trials[0]
+    assert first.user_attrs["apd.trial_id"] == "t0000" and first.user_attrs["apd.mlflow_run_id"] == done.info.run_id
+    assert sorted(first.intermediate_values) == [0, 20, 40, 60]  # the pruning metric (lr) at each report
 
 
 def test_ray_unmeetable_resources_fail_fast(ray_local: None, tiny_target: Path, tmp_path: Path) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 
 from apd.errors import ConfigError
-from apd.targets import TARGETS, get_spec, parse_spec, target_names
-from apd.targets.gated import GatedMLP
-from apd.targets.resid_mlp import ResidMLP
-from apd.targets.specs import GatedSpec, ResidMLPSpec, TMSSpec, build_model
-from apd.targets.tms import TMS
+from apd.targets import FAMILIES, TARGETS, get_family, get_spec, parse_spec, register_family, target_names
+from apd.targets.gated import GatedMLP, GatedSpec
+from apd.targets.resid_mlp import ResidMLP, ResidMLPSpec
+from apd.targets.tms import TMS, TMSFamily, TMSSpec
 
 REQUIRED = [
     "tms-5-2",
@@ -32,9 +31,9 @@ def test_required_names_registered() -> None:
 def test_spec_round_trips_and_builds(name: str) -> None:
     spec = get_spec(name)
     assert parse_spec(spec.to_dict()) == spec
-    model = build_model(spec)  # type: ignore[arg-type]
+    model = get_family(spec.kind).build(spec)
     assert {"tms": TMS, "resid_mlp": ResidMLP, "gated": GatedMLP}[spec.kind] is type(model)
-    assert model.n_instances >= 1 and model.layers
+    assert model.kind == spec.kind and model.n_instances >= 1 and model.layers
 
 
 def test_architectures_match_the_method_notes() -> None:
@@ -96,3 +95,29 @@ def test_unknown_name_lists_known_names() -> None:
 def test_bad_specs_fail_naming_the_field(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_spec(data, source="spec.yaml")
+
+
+def test_family_registry() -> None:
+    assert list(FAMILIES) == ["tms", "resid_mlp", "gated", "file"]
+    for kind, family in FAMILIES.items():
+        assert family.kind == kind and family.spec_type.model_fields["kind"].default == kind
+        assert family.checks and len({c.name for c in family.checks}) == len(family.checks)
+        assert all(c.name.isidentifier() for c in family.checks)
+    register_family(TMSFamily())  # the same family again: nothing changes
+    assert type(FAMILIES["tms"]) is TMSFamily
+
+    class Impostor(TMSFamily):
+        pass
+
+    with pytest.raises(ValueError, match="target family 'tms' is already registered"):
+        register_family(Impostor())
+    with pytest.raises(ConfigError, match="unknown target family 'mlp'; known: tms, resid_mlp, gated, file"):
+        get_family("mlp")
+
+
+def test_describe_from_spec_dicts() -> None:
+    assert FAMILIES["tms"].describe(get_spec("tms-5-2-id").to_dict()) == "TMS 5-2, hidden identity"
+    assert FAMILIES["resid_mlp"].describe(get_spec("resid-mlp-2").to_dict()) == "residual MLP, 2 layers"
+    assert FAMILIES["gated"].describe(get_spec("gated-4").to_dict()) == "gated functions, 4 x 10 ReLUs over 2 layers"
+    assert FAMILIES["file"].describe({"kind": "file", "path": "/x/net.pt"}) == "user network net.pt"
+    assert FAMILIES["tms"].describe({"kind": "file", "path": "/x/t.pt"}) == "TMS"  # a TMS-format user file

@@ -5,17 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apd.targets.resid_mlp import ResidMLP
-from apd.targets.specs import ResidMLPSpec, TrainRecipe
-from apd.targets.tasks import (
+from apd.targets import TrainRecipe, get_family
+from apd.targets.resid_mlp import (
+    ResidMLP,
+    ResidMLPSpec,
     feature_importances,
     readoff_loss,
     resid_label_coeffs,
     resid_labels,
     resid_stream_loss,
-    task_loss,
-    tms_loss,
 )
+from apd.targets.tms import tms_loss
+
+
+def task_loss(spec: ResidMLPSpec, model: ResidMLP, x: torch.Tensor) -> torch.Tensor:
+    return get_family(spec.kind).train_loss(spec, model, x)
+
 
 RECIPE = TrainRecipe(steps=1, batch_size=1, lr=1e-3, lr_schedule="constant")
 
@@ -83,3 +88,13 @@ def test_task_loss_follows_loss_type() -> None:
     half = spec.model_copy(update={"importance_val": 0.5})
     assert task_loss(half, model, torch.tensor([[[0.0, 1.0]]])).item() == pytest.approx(0.5 * 1.0 / 2)
     assert task_loss(spec.model_copy(update={"loss_type": "resid"}), model, x).item() == pytest.approx(0.5)
+
+
+def test_labels_belong_to_the_network() -> None:
+    spec = ResidMLPSpec(
+        n_features=3, d_embed=4, d_mlp=2, label_type="abs", use_trivial_label_coeffs=False, train=RECIPE
+    )
+    model = get_family("resid_mlp").build(spec, 0)
+    x = torch.tensor([[[-1.0, 0.5, 2.0]]])
+    assert torch.equal(model.labels(x), resid_labels(x, resid_label_coeffs(spec), "abs"))
+    assert model.state_dict().keys() == {"W_E", "mlp_in.0", "mlp_out.0"}  # rebuilt from the spec, never stored

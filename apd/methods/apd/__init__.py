@@ -7,6 +7,7 @@ sparse masked forward), `topk` (masks), `losses` (every term and the step's loss
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor
 from apd.errors import ConfigError
 from apd.methods.apd.components import Components
 from apd.methods.apd.config import APDConfig
-from apd.methods.base import Decomposition, Method, StepOutput
+from apd.methods.base import Decomposition, Members, Method, StepOutput
 from apd.targets.base import Target
 
 EVAL_CHUNK = 512
@@ -36,8 +37,23 @@ class APD(Method):
     )
     stat_keys = ("mean_active",)
     importance_name = "attribution"
+    pack_keys = frozenset(
+        {
+            "topk",
+            "param_match_coeff",
+            "topk_recon_coeff",
+            "act_recon_coeff",
+            "schatten_coeff",
+            "schatten_pnorm",
+            "lp_sparsity_coeff",
+            "out_recon_coeff",
+            "init_scale",
+        }
+    )
 
     def init(self, cfg: Any, target: Target, generator: torch.Generator) -> Decomposition:
+        if cfg.exact_topk and target.n_instances != 1:  # k is counted over the whole batch: one instance
+            raise ConfigError(f"exact_topk: needs a target with one instance (this one has {target.n_instances})")
         return Components(
             target.param_shapes(),
             layers=target.layers,
@@ -69,6 +85,20 @@ class APD(Method):
         out = apd_loss(cfg, target, _components(comps), x)
         stats = {"mean_active": out.mask.float().sum(-1).mean()} if cfg.topk is not None else {}
         return StepOutput(out.terms, out.total, stats)
+
+    def packed_loss(
+        self, members: Members, target: Target, comps: Decomposition, x: Tensor, generators: Sequence[torch.Generator]
+    ) -> StepOutput:
+        from apd.methods.apd.losses import apd_loss
+
+        cfg = members.first
+        out = apd_loss(cfg, target, _components(comps), x, members)
+        stats = {}
+        if cfg.topk is not None:  # each member's mean over its own (batch, instances), as alone
+            active = out.mask.float().sum(-1)  # (batch, members * I)
+            by_member = active.view(active.shape[0], len(members), -1).transpose(0, 1)
+            stats["mean_active"] = by_member.reshape(len(members), -1).mean(-1)
+        return StepOutput(out.terms, out.total, stats, out.member_totals)
 
     @torch.no_grad()
     def importances(self, cfg: Any, target: Target, comps: Decomposition, x: Tensor) -> dict[str, Tensor]:

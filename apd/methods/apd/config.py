@@ -48,9 +48,11 @@ class APDConfig(MethodConfig):
     masked_forward: Literal["auto", "dense", "sparse"] = "auto"
     """Fast step's top-k pass: all components masked (`dense`) or the active ones only (`sparse`);
     `auto` = sparse on the CPU when that computes at most a quarter of the pairs (`apd.methods.apd.fast`)."""
-    compile: bool = False
-    """Fast step: `torch.compile` the attribution pass (compiles once per target and batch shape; on the
-    CPU 1.1-2.0x more steps/s, bench/RESULTS.md, after 10-60 s of compilation: worth it for long runs)."""
+    compile: bool | Literal["auto"] = "auto"
+    """Fast step: `torch.compile` the attribution pass (compiles once per target and batch shape, 10-20 s on
+    the CPU). `auto` compiles only where that measurably pays back (bench/RESULTS.md): on the CPU, in runs
+    of at least 2000 steps, for the TMS closed form with a large tangent tensor (TMS 40-10: 1.25x the
+    steps/s); it did not speed up TMS 5-2 and slowed the residual MLPs (`apd.methods.apd.fast.use_compile`)."""
     autocast_dtype: Literal["bfloat16"] | None = None
     """Fast step: the top-k APD pass under `torch.autocast` (CUDA only: it slowed the CPU step 0.4-0.8x;
     attributions and losses stay float32)."""
@@ -66,6 +68,18 @@ class APDConfig(MethodConfig):
                 raise ValueError(f"topk * batch_size must be >= 1 (got {self.topk} * {self.batch_size})")
             if not self.batch_topk and not self.exact_topk and int(self.topk) < 1:
                 raise ValueError(f"per-sample top-k needs topk >= 1 (got {self.topk})")
+            # topk.py would clamp a larger k to what exists: refuse it instead of running another setting
+            selectable, which = (self.C - 1, "C - 1") if self.distil_from_target else (self.C, "C")
+            if not self.exact_topk and self.batch_topk and self.topk > selectable:
+                raise ValueError(
+                    f"topk: must be <= {which} ({selectable}): batch top-k keeps int(topk * batch_size) of "
+                    f"batch_size * {which} attributions (got {self.topk:g})"
+                )
+            if not self.exact_topk and not self.batch_topk and int(self.topk) > selectable:
+                raise ValueError(
+                    f"topk: must be <= {which} ({selectable}): per-sample top-k keeps int(topk) of {which} "
+                    f"components (got {self.topk:g})"
+                )
         else:
             if self.pnorm is None:
                 raise ValueError("lp_sparsity_coeff needs pnorm")
@@ -73,7 +87,7 @@ class APDConfig(MethodConfig):
                 raise ValueError("topk_recon_coeff/act_recon_coeff need topk (Lp APD has no top-k pass)")
             if self.exact_topk or self.distil_from_target:
                 raise ValueError("exact_topk and distil_from_target need topk")
-        if self.implementation == "naive" and (self.compile or self.autocast_dtype is not None):
+        if self.implementation == "naive" and (self.compile is True or self.autocast_dtype is not None):
             raise ValueError("compile and autocast_dtype need implementation: fast")
         return self
 

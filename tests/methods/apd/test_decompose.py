@@ -86,7 +86,10 @@ def test_nan_loss_ends_the_run_as_diverged(tms52) -> None:
     assert 0 < result.steps_done <= 40
 
 
-def test_unit_norm_columns_and_projected_gradients() -> None:
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_unit_norm_columns_and_projected_gradients(chunk: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if chunk is not None:  # one component per pass, as for large factors
+        monkeypatch.setattr("apd.methods.apd.components.CHUNK_ELEMENTS", chunk)
     comps = Components({"w": (4, 3)}, n_instances=2, C=3, m=2)
     comps.normalize_A_()
     torch.testing.assert_close(comps.A["w"].norm(dim=-2), torch.ones(2, 3, 2))

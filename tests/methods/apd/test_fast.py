@@ -328,15 +328,20 @@ def test_sparse_masked_forward_matches_dense(pattern: str) -> None:
         torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-6)
 
 
-def test_auto_masked_forward_is_sparse_only_for_sparse_masks() -> None:
+def test_auto_masked_forward_is_sparse_only_for_sparse_masks_and_large_dense_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     target = make_target("tms")
     comps = near_target(target)
     sparse_mask = torch.zeros(64, 2, 4, dtype=torch.bool)
     sparse_mask[::8, :, 1] = True  # 16 pairs in 2 groups of 8: cost 16 <= 512 / 4
     dense_mask = torch.ones(64, 2, 4, dtype=torch.bool)
-    dense_fn = comps.layer_fn(target.layers[0], dense_mask).__qualname__
-    assert masked_layer_fns(comps, target.layers, sparse_mask)["linear1"].__qualname__ != dense_fn
-    assert masked_layer_fns(comps, target.layers, dense_mask)["linear1"].__qualname__ == dense_fn
+    sparse_fn = ActivePairs.layer_fn.__qualname__
+    # the dense pass's widest intermediate: 64 samples x 2 instances x 4 components x min(5, 2) = 1024
+    assert masked_layer_fns(comps, target.layers, sparse_mask)["linear1"].__qualname__.startswith(sparse_fn) is False
+    monkeypatch.setattr(fast, "SMALL_DENSE", 1024)
+    assert masked_layer_fns(comps, target.layers, sparse_mask)["linear1"].__qualname__.startswith(sparse_fn)
+    assert not masked_layer_fns(comps, target.layers, dense_mask)["linear1"].__qualname__.startswith(sparse_fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,3 +381,99 @@ def test_switches_need_the_fast_step() -> None:
 
     with pytest.raises(ConfigError, match="need implementation: fast"):
         DecomposeConfig.from_dict(config("gradient").to_dict() | {"implementation": "naive", "compile": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense masked pass, batch-innermost layout, zero samples
+
+
+@pytest.mark.parametrize("m", [1, 4])  # m 1: A_c then B_c; m 4: P_c = A_c B_c, the mask on either side
+@pytest.mark.parametrize("batch_last", [False, True])
+@pytest.mark.parametrize("family", ["tms-id", "resid1"])
+def test_dense_masked_pass_matches_components(family: str, batch_last: bool, m: int) -> None:
+    target = make_target(family)
+    comps = Components(target.param_shapes(), n_instances=target.n_instances, C=4, m=m,
+                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    x = inputs(target, 32)
+    if batch_last:
+        x = x.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    mask = torch.rand(32, target.n_instances, 4, generator=torch.Generator().manual_seed(3)) < 0.4
+    results = []
+    for fns in (comps.layer_fns(target.layers, mask), fast.dense_masked_fns(comps, target.layers, mask)):
+        comps.zero_grad(set_to_none=True)
+        out = target(x, fns)
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        results.append([out.detach(), *(p.grad.clone() for p in comps.parameters())])  # type: ignore[union-attr]
+    for expected, actual in zip(*results, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_narrow_targets_run_with_the_batch_innermost(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fast, "BATCH_LAST_MAX_WIDTH", 8)
+    narrow, wide = make_target("tms"), make_target("resid1")  # widest layers 5 and 32
+    assert fast.batch_last(narrow) and not fast.batch_last(wide)
+    x = inputs(narrow, 16)
+    run = fast.target_pass(narrow, x)
+    assert run.out is not None and run.out.stride(0) == 1  # (batch, I, d) view of (I, d, batch)
+    torch.testing.assert_close(run.out, narrow(x))
+    run = fast.target_pass(wide, inputs(wide, 16))
+    assert run.out is not None and run.out.stride(-1) == 1
+
+
+@pytest.mark.parametrize("kind", ["gradient", "gradient_apd"])
+@pytest.mark.parametrize("family", ["resid2", "tms"])
+def test_attributions_skip_all_zero_samples(family: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most samples all zero: the closed forms run on the rest and match the reference, gradients included."""
+    picked = []
+    rows = fast.ModelPass.rows
+    monkeypatch.setattr(fast.ModelPass, "rows", lambda self, idx: picked.append(len(idx)) or rows(self, idx))
+    torch.manual_seed(0)
+    target: Target = (
+        ResidMLP(4, 32, 3, n_layers=2, n_instances=1, embed_seed=0) if family == "resid2" else TMS(5, 2, n_instances=1)
+    ).eval().requires_grad_(False)  # fmt: skip
+    comps = near_target(target)
+    x = inputs(target, 24)
+    x[::3] = 0.0
+    x[1::3] = 0.0  # 2/3 of the samples are zero: below ZERO_INPUT_SKIP
+    expected = attributions(kind, target, comps, x)
+    actual = fast_attributions(kind, target, comps, x)
+    close(actual.detach(), expected.detach())
+    assert picked and picked[0] <= 8  # the closed form saw only the nonzero samples
+    assert actual[::3].abs().max() == 0
+    weights = torch.rand(24, 1, comps.C, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for attr in (expected, actual):
+        comps.zero_grad(set_to_none=True)
+        (attr * weights).sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in comps.parameters()])  # type: ignore[union-attr]
+    for e, a in zip(*grads, strict=True):
+        close(a, e)
+
+
+def test_compile_auto_only_for_long_cpu_runs_of_large_tms_tangents() -> None:
+    tms_40_10, tms_5_2 = TMS(40, 10, n_instances=3), TMS(5, 2, n_instances=12)
+    resid = ResidMLP(100, 1000, 50, n_instances=1)
+    big, small = torch.empty(2048, 3, 40), torch.empty(2048, 12, 5)  # tangents 2048*3*50*40, 2048*12*5*5
+
+    def use(setting: bool | str, target: Target, x: Tensor, *, steps: int = 20000, C: int = 50, kind: str = "gradient"):
+        return fast.use_compile(setting, steps=steps, kind=kind, target=target, C=C, x=x)
+
+    assert use("auto", tms_40_10, big)
+    assert use("auto", tms_40_10, big, kind="gradient_apd")
+    assert not use("auto", tms_40_10, big, steps=1999)  # a short run never pays the compilation
+    assert not use("auto", tms_40_10, big, kind="activation")  # not measured
+    assert not use("auto", tms_40_10, big.to("meta"))  # not measured off the CPU
+    assert not use("auto", tms_5_2, small, C=5)  # 0.6M elements: no gain
+    assert not use("auto", resid, torch.empty(256, 1, 100), C=130)  # slower compiled
+    assert use(True, tms_5_2, small, steps=10) and not use(False, tms_40_10, big)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("masked_forward", ["auto", "sparse"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("family", ["tms", "tms-id", "resid1", "resid2", "gated", "file"])
+def test_fast_step_matches_the_reference_on_cuda(family: str, kind: str, masked_forward: str) -> None:
+    """The GPU paths (`auto` is dense there; sparse reads its block shapes on the host) give the reference step."""
+    target = make_target(family)
+    x, comps = inputs(target, 16).cuda(), near_target(target).cuda()  # drawn on the CPU, as in the CPU tests
+    assert_same_step(config(kind, masked_forward=masked_forward), target.cuda(), comps, x)

@@ -1,5 +1,8 @@
+import sys
+
 import pytest
 import torch
+from torch import Tensor
 
 from apd.methods.apd.components import Components
 from apd.methods.apd.losses import (
@@ -10,6 +13,7 @@ from apd.methods.apd.losses import (
     schatten_loss,
     topk_recon_loss,
 )
+from apd.methods.apd.losses.param_terms import param_terms
 from apd.targets.base import Layer
 
 W = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])  # (1 instance, 2, 2)
@@ -90,3 +94,72 @@ def test_lp_sparsity_hand_computed() -> None:
     torch.testing.assert_close(w, torch.tensor([[[1.0, 1e-8]], [[2.0, 1.0]]]), atol=1e-6, rtol=0)
     # mean over batch of the sum over C: (1 + 3) / 2 = 2
     assert lp_sparsity_loss(w).item() == pytest.approx(2.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast step's fused faithfulness + Schatten node
+
+
+def test_param_terms_hand_computed() -> None:
+    comps = zero_components(C=1, m=2)
+    comps.A["w"].data[0, 0, :, 0] = torch.tensor([3.0, 4.0])  # |A_:,0| = 5
+    comps.B["w"].data[0, 0, 0, :] = torch.tensor([1.0, 0.0])  # |B_0,:| = 1
+    # P = A B = [[3, 0], [4, 0]]; W - P = [[-2, 2], [-1, 4]]: 4 + 4 + 1 + 16 = 25
+    # Schatten p = 1: (25 * 1 + 1e-16)^0.5 + (0 + 1e-16)^0.5 = 5 + 1e-8
+    sq, norms, factors = param_terms({"w": W}, comps, (Layer("w", "w"),), faithfulness=True, schatten_p=1.0)
+    assert sq.tolist() == [25.0]
+    assert norms.tolist() == [pytest.approx([5.0], abs=1e-7)]
+    assert factors["w"][0].shape == comps.A["w"].shape
+    # a tied layer counts twice in both
+    tied = (Layer("w", "w"), Layer("wT", "w", transposed=True))
+    sq, norms, _ = param_terms({"w": W}, comps, tied, faithfulness=True, schatten_p=1.0)
+    assert sq.tolist() == [50.0]
+    assert norms.tolist() == [pytest.approx([10.0], abs=1e-7)]
+    # terms that are off cost nothing and come back as zeros
+    sq, norms, _ = param_terms({"w": W}, comps, tied, faithfulness=False, schatten_p=None)
+    assert sq.tolist() == [0.0] and norms.tolist() == [[0.0]]
+
+
+@pytest.mark.parametrize("p", [1.0, 0.9])
+@pytest.mark.parametrize("path", ["one chunk", "chunks and a loop over instances"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_param_terms_values_and_gradients_match_the_plain_terms(
+    p: float, path: str, tied: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Against `faithfulness_loss` and the per-component norms of `schatten_loss`, with other terms' gradients
+    arriving through the aliases; the second path takes one component per chunk and loops over instances."""
+    if path != "one chunk":
+        monkeypatch.setattr("apd.methods.apd.components.CHUNK_ELEMENTS", 1)
+        monkeypatch.setattr(sys.modules["apd.methods.apd.losses.param_terms"], "SMALL", 0)
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"u": (5, 3), "v": (3, 4)}
+    comps = Components(shapes, n_instances=2, C=3, m=2, generator=gen)
+    layers = (Layer("u", "u"), Layer("v", "v")) + ((Layer("uT", "u", transposed=True),) if tied else ())
+    weights = {name: torch.randn(2, *shape, generator=gen) for name, shape in shapes.items()}
+    mix = torch.rand(2, 3, generator=gen)  # weights the per-component norms
+    probes = {name: torch.randn(2, 3, *shape, generator=gen) for name, shape in shapes.items()}
+
+    def plain() -> tuple[Tensor, Tensor, Tensor]:
+        sq = faithfulness_loss(weights, comps, layers, norm="sum")
+        norms = sum(
+            ((comps.factors(layer)[0].pow(2).sum(-2) * comps.factors(layer)[1].pow(2).sum(-1)) + 1e-16)
+            .pow(p / 2)
+            .sum(-1)
+            for layer in layers
+        )
+        other = sum((comps.weight(name) * probe).sum() for name, probe in probes.items())
+        return sq, norms, other  # type: ignore[return-value]
+
+    def fused() -> tuple[Tensor, Tensor, Tensor]:
+        sq, norms, factors = param_terms(weights, comps, layers, faithfulness=True, schatten_p=p)
+        other = sum((factors[name][0] @ factors[name][1] * probe).sum() for name, probe in probes.items())
+        return sq, norms, other  # type: ignore[return-value]
+
+    results = []
+    for fn in (plain, fused):
+        comps.zero_grad(set_to_none=True)
+        sq, norms, other = fn()
+        (sq.sum() + (mix * norms).sum() + other).backward()
+        results.append([sq.detach(), norms.detach(), *(q.grad.clone() for q in comps.parameters())])  # type: ignore[union-attr]
+    for expected, actual in zip(*results, strict=True):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)

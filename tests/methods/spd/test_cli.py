@@ -50,7 +50,8 @@ def test_decompose_writes_the_run_folder(capsys: pytest.CaptureFixture[str], tmp
         and saved["linear1"].shape == (12, 20, 5, 2)
         and saved["linear2"].shape == (12, 20, 2, 5)
     )
-    assert {p.name for p in (out / "figures").iterdir()} >= {"tms_weights_inst0.png", "identity_pattern_inst0.png"}
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert figures >= {"tms_weights_inst0.png", *(f"identity_pattern_{g}_inst0.png" for g in ("linear1", "linear2"))}
     # the saved state loads back into the same decomposition
     cfg = load_config(out / "config.yaml")
     target = load_target(cfg.target, "cpu").model

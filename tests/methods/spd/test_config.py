@@ -70,7 +70,7 @@ def test_experiments_hold_the_paper_settings(
             ],
             "faithfulness_coeff stochastic_recon_coeff stochastic_recon_layerwise_coeff",
         ),
-        (["--set", "method=xpd"], "method: unknown method 'xpd'; known: apd, spd"),
+        (["--set", "method=xpd"], "method: unknown method 'xpd'; did you mean 'spd'? known: apd, spd"),
     ],
 )
 def test_bad_settings_get_one_line(

@@ -8,7 +8,9 @@ from torch import Tensor
 
 def topk_recon_loss(out_topk: Tensor, out_target: Tensor) -> Tensor:
     """`mean_{b,o} (f(x; sum_c s_c P_c) - f(x; W))^2` per instance: `(batch, I, o) -> (I,)`."""
-    return (out_topk - out_target).pow(2).mean(dim=(0, 2))
+    # a sum, whose gradient is a broadcast view: the elementwise gradients then keep the outputs' memory
+    # layout (the fast step's is batch-innermost), where mean's and mse_loss's are laid out afresh
+    return (out_topk - out_target).square().sum(dim=(0, 2)) / (out_topk.shape[0] * out_topk.shape[2])
 
 
 def act_recon_loss(acts_topk: list[Tensor], acts_target: list[Tensor], *, relu: bool) -> Tensor:
@@ -18,6 +20,6 @@ def act_recon_loss(acts_topk: list[Tensor], acts_target: list[Tensor], *, relu: 
     non-linearity; the pre-activations of unused directions may legitimately differ).
     """
     act = F.relu if relu else (lambda t: t)
-    sq = sum((act(a) - act(b)).pow(2).sum(-1) for a, b in zip(acts_topk, acts_target, strict=True))
+    sq = sum((act(a) - act(b)).square().sum(dim=(0, 2)) for a, b in zip(acts_topk, acts_target, strict=True))
     width = sum(a.shape[-1] for a in acts_target)
-    return (sq / width).mean(0)  # type: ignore[union-attr]
+    return sq / (width * acts_target[0].shape[0])  # type: ignore[operator,return-value]
