@@ -1,4 +1,4 @@
-"""Sparse-feature data (method notes 2.1), generated on the device from a seeded generator."""
+"""Sparse-feature data (docs/method.md §2.1), generated on the device from a seeded generator."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Learning-rate warm-up and schedules, exactly as the reference code (method notes 1.9)."""
+"""Learning-rate warm-up and schedules, exactly as the reference code (docs/method.md §1.9)."""
 
 from __future__ import annotations
 

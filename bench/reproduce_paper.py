@@ -8,7 +8,7 @@
 Each run is a full `apd.run.run_decomposition` (target trained and cached on first use). The
 paper's table reports one model instance (5-2: instance 0, 40-10: instance 2) with "±" = std over
 features; here every instance is decomposed and judged, and we print the mean over instances,
-the paper's instance and the verdict (method notes 9). `--steps` shortens runs for slow machines;
+the paper's instance and the verdict (docs/method.md §9). `--steps` shortens runs for slow machines;
 the printed table says which steps were used.
 
 SPD (docs/spd.md §4-5): the paper reports one model per row (MMCS 1.000 and ML2R 0.993 / 1.010 /

@@ -4,7 +4,8 @@ Reports from a trial: one per `report_every` steps (`apd.kind = "step"`: the ste
 pruning value `apd.prune` for ASHA, a checkpoint when the run saved a new one) and one final report
 (`apd.kind = "final"`: the outcome, and the run folder as checkpoint). ASHA's clock is the
 decomposition step and its `max_t` lies beyond the last step, so it can never cut the final report
-(stack-notes pitfall 4). The driver-side callback is the only writer of Parquet and MLflow.
+(ASHA stops a trial when it reaches `max_t`, before a report made there reaches the driver). The
+driver-side callback is the only writer of Parquet and MLflow.
 
 With `pack` > 1 a Tune trial is a pack (`apd.pack`): `PackSearcher` (a Tune `Searcher`) hands each
 one up to K Optuna trials, and its reports carry every member's record, the members that ended
@@ -60,7 +61,8 @@ INIT_KWARGS: dict[str, Any] = {"include_dashboard": False, "logging_level": logg
 
 
 def ray_environment(local: bool) -> None:
-    """Quiet and CI-safe Ray settings (stack notes 1 and 3), set before `ray.init`."""
+    """Quiet and CI-safe Ray settings (no usage stats, no console boxes, no strict metric checks), set
+    before `ray.init`."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # else verbose=0 still prints a config box
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")

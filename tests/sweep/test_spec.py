@@ -288,6 +288,10 @@ def test_shipped_sweeps_are_valid(path: Path) -> None:
     assert len(sweep.spec.seeds) >= 3  # the recovery verdict needs at least 3 seeds per setting
     if path.stem == "quickstart":
         assert sweep.total_trials == 9 and sweep.max_steps == 3000
+    elif path.stem.startswith("compare-apd-"):  # the APD half of the APD/SPD comparison: a quarter of the
+        # paper's steps, the paper's top-k times 1/4 ... 4
+        assert sweep.max_steps == 5000 and sweep.total_trials == 15
+        assert sorted(sweep.spec.parameters["topk"].values) == pytest.approx([0.211 * r for r in (0.25, 0.5, 1, 2, 4)])
     else:  # paper experiments at the paper's step counts, searching top-k and the loss coefficients
         assert "topk" in sweep.spec.parameters
         assert sweep.max_steps >= 10_000

@@ -1,4 +1,4 @@
-"""Per-sample, per-component attributions `(batch, instances, C)` (method notes 1.4).
+"""Per-sample, per-component attributions `(batch, instances, C)` (docs/method.md §1.4).
 
 These are the reference implementations (one autograd call per output dimension), kept as the
 test oracle for the fast path in `apd.methods.apd.fast`.

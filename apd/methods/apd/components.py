@@ -46,7 +46,7 @@ class Components(Decomposition):
 
     @torch.no_grad()
     def init_(self, gain: float, generator: torch.Generator | None = None) -> None:
-        """xavier_normal_ on the whole 4-D tensor, as the reference code does (method notes 1.11)."""
+        """xavier_normal_ on the whole 4-D tensor, as the reference code does (docs/method.md §1.11)."""
         for p in [*self.A.values(), *self.B.values()]:
             fan_out = p.shape[0] * p.shape[2] * p.shape[3]  # torch: dim0 maps x receptive field
             fan_in = p.shape[1] * p.shape[2] * p.shape[3]

@@ -1,4 +1,4 @@
-"""The fast APD step (method notes 1.4, 6): attributions for all outputs at once, a cheap top-k pass.
+"""The fast APD step (docs/method.md §1.4, §6): attributions for all outputs at once, a cheap top-k pass.
 
 Same numbers as the reference code (`apd.methods.apd.attributions`, `Components.layer_fn`) up to float
 rounding; `tests/methods/apd/test_fast.py` checks every target family and attribution type.

@@ -1,4 +1,4 @@
-"""Top-k selection of components from attributions (method notes 1.5).
+"""Top-k selection of components from attributions (docs/method.md §1.5).
 
 `k` is one int, or one per instance (`(instances,)`, a pack's members each with their own top-k;
 `k_max` its largest value, known on the host). Ties at the k-th largest value go to the lowest

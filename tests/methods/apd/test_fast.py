@@ -473,7 +473,7 @@ def test_compile_auto_only_for_long_cpu_runs_of_large_tms_tangents() -> None:
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("family", ["tms", "tms-id", "resid1", "resid2", "gated", "file"])
 def test_fast_step_matches_the_reference_on_cuda(family: str, kind: str, masked_forward: str) -> None:
-    """The GPU paths (`auto` is dense there; sparse reads its block shapes on the host) give the reference step."""
+    """The GPU paths (`auto` is dense there; sparse reads its block shapes on the host) give the naive step's terms."""
     target = make_target(family)
     x, comps = inputs(target, 16).cuda(), near_target(target).cuda()  # drawn on the CPU, as in the CPU tests
     assert_same_step(config(kind, masked_forward=masked_forward), target.cuda(), comps, x)

@@ -1,4 +1,4 @@
-"""The APD loss: faithfulness + minimality (top-k or Lp) + simplicity (method notes 1.3-1.8, 1.13).
+"""The APD loss: faithfulness + minimality (top-k or Lp) + simplicity (docs/method.md §1.3-1.8, 1.13).
 
 Each term lives in its own module; `apd_loss` runs one training step's forward passes and
 assembles them. `L = sum_terms coeff * term.mean()` over instances; terms with coeff None are off.
@@ -70,7 +70,9 @@ def apd_loss(
 def _naive_loss(
     cfg: APDConfig, target: Target, components: Components, x: Tensor, members: Members | None = None
 ) -> LossOutput:
-    """The reference step (method notes 1.13), including its full APD forward and per-output attributions."""
+    """The naive step: the reference code's order of operations (docs/method.md §1.13), including its full
+    APD forward and per-output attributions; the fast step's test oracle. It equals the reference code's
+    step except the Lp variant's Schatten weighting unless `lp_schatten_form: code`."""
     layers = target.layers
     weights = {p: w.detach() for p, w in target.weights().items()}
     n_params = sum(weights[layer.param][0].numel() for layer in layers)

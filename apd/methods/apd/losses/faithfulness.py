@@ -1,4 +1,4 @@
-"""Faithfulness: the components must sum to the target's weights (method notes 1.3)."""
+"""Faithfulness: the components must sum to the target's weights (docs/method.md §1.3)."""
 
 from __future__ import annotations
 

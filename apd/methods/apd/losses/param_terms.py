@@ -1,4 +1,4 @@
-"""Faithfulness and simplicity of the fast step: one autograd node per decomposed parameter (method notes 1.3, 1.7).
+"""Faithfulness and simplicity of the fast step: one autograd node per decomposed parameter (docs/method.md §1.3, §1.7).
 
 The same values and gradients as `faithfulness_loss` and `schatten_loss` (paper form) up to float
 rounding, for less work on large factors: each factor's gradient is built in one buffer (the other

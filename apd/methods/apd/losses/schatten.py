@@ -1,4 +1,4 @@
-"""Simplicity: a Schatten-p penalty on the components that are active (method notes 1.7)."""
+"""Simplicity: a Schatten-p penalty on the components that are active (docs/method.md §1.7)."""
 
 from __future__ import annotations
 
