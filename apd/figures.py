@@ -194,6 +194,43 @@ def contributions_figure(
     return _save(fig, path)
 
 
+def contribution_scatter_figure(
+    contrib_target: np.ndarray,
+    contrib_best: np.ndarray,
+    neuron_layer: np.ndarray,
+    r: float,
+    slope: float,
+    title: str,
+    path: Path,
+) -> Path:
+    """Each (feature, neuron): the target's contribution (x) against the best subcomponent's (y),
+    coloured by layer, with the diagonal and the fit (the SPD paper's scatter).
+
+    `contrib_target, contrib_best (f, N)`, `neuron_layer (N,)`.
+    """
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    for k in range(int(neuron_layer.max()) + 1):
+        cols = neuron_layer == k
+        ax.scatter(
+            contrib_target[:, cols].ravel(),
+            contrib_best[:, cols].ravel(),
+            s=6,
+            alpha=0.6,
+            color=LAYER_COLORS[k % len(LAYER_COLORS)],
+            label=f"layer {k}",
+        )
+    lo = float(min(contrib_target.min(), contrib_best.min(), 0.0))
+    hi = float(max(contrib_target.max(), contrib_best.max(), 1e-6))
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", label="y = x")
+    ax.set_xlabel("target: neuron contribution")
+    ax.set_ylabel("best W_in subcomponent c*(l, f): neuron contribution")
+    ax.set_title(f"Pearson r {r:.3f}, slope through 0 {slope:.3f}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
 def scrub_figure(losses: dict[str, np.ndarray], title: str, path: Path) -> Path:
     """Log-x histograms of per-sample MSE vs the target output, dashed means (paper figure 7).
 

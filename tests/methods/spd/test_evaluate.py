@@ -73,3 +73,79 @@ def test_a_hand_set_solution_is_recovered_and_a_merged_one_is_not() -> None:
     metrics, _ = evaluate(cfg, target, comps, sample=lambda n: sample(target, n))
     assert metrics["recovered_per_instance"] == [False]
     assert metrics["check_one_to_one_per_instance"] == [False] and metrics["check_mmcs_per_instance"] == [False]
+
+
+# ---------------------------------------------------------------------------------------------
+# residual MLP, one component group per matrix
+
+
+def test_target_solution_patterns_count_by_hand() -> None:
+    from apd.metrics.target_solution import dense_error, identity_error
+
+    ci = torch.tensor([[[0.0, 1.0, 0.0, 0.05], [0.95, 0.0, 0.0, 0.0], [0.0, 0.3, 0.85, 0.15]]])  # (1, 3 features, 4)
+    # matched diagonal 1.0, 0.95, 0.85 (one miss at tol 0.1); off it 0.3 and 0.15 (two)
+    assert identity_error(ci, 0.1).tolist() == [3]
+    assert identity_error(ci, 0.2).tolist() == [1]  # 0.3 only
+    dense = torch.tensor([[[1.0, 1.0, 0.0], [0.95, 0.5, 0.0], [1.0, 1.0, 0.15]]])
+    assert dense_error(dense, 2, 0.1).tolist() == [1]  # columns 0, 1 dense (each has a 1); 0.15 in the rest
+    assert dense_error(dense, 3, 0.1).tolist() == [1]  # column 2 has no entry >= 0.9
+    assert dense_error(dense, 5, 0.1).tolist() == [3]  # and two dense columns do not exist
+
+
+def test_contribution_fit() -> None:
+    from apd.targets.resid_mlp import contribution_fit
+
+    t = torch.randn(2, 6, 8)
+    r, slope = contribution_fit(t, torch.stack([t[0], 2 * t[1]]))
+    assert torch.allclose(r, torch.ones(2)) and torch.allclose(slope, torch.tensor([1.0, 2.0]))
+
+
+def hand_set_resid(shared: bool) -> tuple[object, object, object]:
+    """A 1-layer residual MLP (6 features, orthonormal W_E, every feature read and written by its neurons)
+    and SPD with C 6: W_in subcomponent c reads feature c (or, `shared`, features 0 and 1 share subcomponent
+    0), W_out one subcomponent per neuron, the gates set so the one-hot importances are the identity on
+    W_in and 4 dense columns on W_out."""
+    from apd.metrics.target_solution import ONE_HOT_VALUE
+
+    torch.manual_seed(0)
+    target = make_target("resid1")  # ResidMLP(6, 32, 4), 2 instances
+    q = torch.linalg.qr(torch.randn(2, 32, 6)).Q.transpose(-1, -2)  # (I, 6, 32) orthonormal rows
+    target.W_E.copy_(q)
+    with torch.no_grad():  # W_out writes each neuron back onto the features it reads: contributions >= 0
+        target.mlp_out[0].copy_(torch.einsum("i f d, i d n, i f e -> i n e", q, target.mlp_in[0], q))
+    cfg = spd_cfg(target={"name": "resid-mlp-1"}, C=6, n_ci_mlp_neurons=0, lower_sigmoid="main",
+                  eval={"figures": False, "scrub_batches": 1})  # fmt: skip
+    comps = components(cfg, target)
+    w_in, w_out = target.weights()["mlp_in_0"], target.weights()["mlp_out_0"]
+    reads = [0, 0, 2, 3, 4, 5] if shared else list(range(6))
+    with torch.no_grad():
+        A_in = q.transpose(-1, -2)[:, :, reads].clone()  # (I, 32, C): subcomponent c reads feature reads[c]
+        if shared:
+            A_in[:, :, 0] += q[:, 1]
+        comps.A["mlp_in_0"].copy_(A_in)
+        comps.B["mlp_in_0"].copy_(torch.einsum("i d c, i d n -> i c n", comps.A["mlp_in_0"], w_in))
+        comps.A["mlp_out_0"].copy_(torch.eye(4, 6).expand(2, 4, 6))
+        comps.B["mlp_out_0"].copy_(torch.cat([w_out, torch.zeros(2, 2, 32)], dim=1))
+        comps.ci_w[0].fill_(1 / ONE_HOT_VALUE)
+        comps.ci_b[0].zero_()
+        comps.ci_w[1].zero_()
+        comps.ci_b[1].copy_(torch.tensor([1.0, 1, 1, 1, -1, -1]))
+    return cfg, target, comps
+
+
+def test_a_hand_set_residual_solution_is_recovered_and_a_shared_one_is_not() -> None:
+    cfg, target, comps = hand_set_resid(shared=False)
+    metrics, data = evaluate(cfg, target, comps, sample=lambda n: sample(target, n))
+    assert metrics["family"] == "resid_mlp" and metrics["n_component_groups"] == 2
+    assert metrics["target_solution_error_per_instance"] == [0, 0]
+    assert metrics["target_solution_error_by_group"] == {"mlp_in_0": 0, "mlp_out_0": 0}
+    assert np.allclose(metrics["contribution_r_per_instance"], 1, atol=1e-5)
+    assert np.allclose(metrics["contribution_slope_per_instance"], 1, atol=1e-5)
+    assert metrics["recovered_per_instance"] == [True, True]
+    assert "check_dedicated_per_instance" not in metrics  # APD's checks do not apply to per-matrix groups
+    assert data.family.best.shape == (2, 1, 6)
+
+    cfg, target, comps = hand_set_resid(shared=True)
+    metrics, _ = evaluate(cfg, target, comps, sample=lambda n: sample(target, n))
+    assert metrics["check_target_solution_per_instance"] == [False, False]
+    assert metrics["recovered_per_instance"] == [False, False]
