@@ -144,6 +144,30 @@ def identity_figure(matrix: np.ndarray, assignment: np.ndarray, tol: float, titl
     return _save(fig, path)
 
 
+def ci_matrix_figure(matrix: np.ndarray, title: str, path: Path) -> Path:
+    """Heatmap of raw one-hot importances `(f, C)` clipped to [0, 1], columns in greedy order: for each
+    feature in turn its largest not yet placed column, then the rest by index (the SPD paper's CI matrices)."""
+    n_f, C = matrix.shape
+    order: list[int] = []
+    for f in range(n_f):
+        free = [c for c in np.argsort(-matrix[f], kind="stable") if c not in order]
+        if free:
+            order.append(int(free[0]))
+    order += [c for c in range(C) if c not in order]
+    fig = Figure(figsize=(min(max(6.5, 3 + 0.12 * C), 16), min(max(4.5, 2 + 0.12 * n_f), 12)), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(np.clip(matrix[:, order], 0, 1), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    fig.colorbar(im, ax=ax, label="importance")
+    if C <= 40:
+        ax.set_xticks(range(C), [str(c) for c in order], fontsize=7, rotation=90)
+    if n_f <= 40:
+        ax.set_yticks(range(n_f), [str(f) for f in range(n_f)], fontsize=7)
+    ax.set_xlabel("component (greedy order: each feature's largest first)")
+    ax.set_ylabel("feature (one-hot input x_f = 1)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Residual MLP
 
@@ -363,6 +387,16 @@ def make_figures(
                     artifacts.identity_tol,
                     f"{family.label} {tag}: one-hot importance pattern{of} ({size} components)",
                     out_dir / f"identity_pattern{name}_inst{i}.png",
+                )
+            )
+    for group, matrix in artifacts.onehot.items():  # components grouped per matrix: every matrix's importances
+        for i in range(n):
+            tag = f"instance {i}" if target.n_instances > 1 else "run"
+            paths.append(
+                ci_matrix_figure(
+                    matrix[i],
+                    f"{family.label} {tag}: {artifacts.importance_name}s of {group} on one-hot inputs",
+                    out_dir / f"ci_{group}_inst{i}.png",
                 )
             )
     return paths + family.figures(target, components, metrics, artifacts.family, out_dir, n)

@@ -52,6 +52,7 @@ def test_decompose_writes_the_run_folder(capsys: pytest.CaptureFixture[str], tmp
     )
     figures = {p.name for p in (out / "figures").iterdir()}
     assert figures >= {"tms_weights_inst0.png", *(f"identity_pattern_{g}_inst0.png" for g in ("linear1", "linear2"))}
+    assert figures >= {"ci_linear1_inst0.png", "ci_linear2_inst0.png"}  # every matrix's CI matrix
     # the saved state loads back into the same decomposition
     cfg = load_config(out / "config.yaml")
     target = load_target(cfg.target, "cpu").model

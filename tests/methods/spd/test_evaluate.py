@@ -2,6 +2,7 @@
 exactly as it judges APD's components, and the identity pattern is scored per matrix."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -149,3 +150,16 @@ def test_a_hand_set_residual_solution_is_recovered_and_a_shared_one_is_not() -> 
     metrics, _ = evaluate(cfg, target, comps, sample=lambda n: sample(target, n))
     assert metrics["check_target_solution_per_instance"] == [False, False]
     assert metrics["recovered_per_instance"] == [False, False]
+
+
+def test_residual_figures_per_matrix(tmp_path: Path) -> None:
+    from apd.figures import make_figures
+
+    cfg, target, comps = hand_set_resid(shared=False)
+    metrics, artifacts = evaluate(cfg, target, comps, sample=lambda n: sample(target, n))
+    assert set(artifacts.onehot) == {"mlp_in_0", "mlp_out_0"} and artifacts.onehot["mlp_in_0"].shape == (2, 6, 6)
+    names = {p.name for p in make_figures(target, comps, metrics, artifacts, tmp_path)}
+    for i in (0, 1):
+        assert {f"ci_mlp_in_0_inst{i}.png", f"ci_mlp_out_0_inst{i}.png"} <= names
+        assert {f"resid_contribution_scatter_inst{i}.png", f"resid_contributions_inst{i}.png"} <= names
+    assert all((tmp_path / name).stat().st_size > 0 for name in names)
