@@ -140,6 +140,10 @@ class EvalConfig(BaseConfig):
     scrub_batches: PositiveInt = 100
     scrub_batch_size: PositiveInt | None = None
     """Defaults to the decomposition's batch size, as in the reference code."""
+    # residual MLP, components grouped per matrix (SPD): neuron contributions of c*(l, f) vs the target's
+    contribution_r_min: Probability = 0.95
+    contribution_slope_min: NonNegativeFloat = 0.9
+    contribution_slope_max: PositiveFloat = 1.1
     # any target
     identity_tol: Probability = 0.1
     figures: bool = True

@@ -144,6 +144,30 @@ def identity_figure(matrix: np.ndarray, assignment: np.ndarray, tol: float, titl
     return _save(fig, path)
 
 
+def ci_matrix_figure(matrix: np.ndarray, title: str, path: Path) -> Path:
+    """Heatmap of raw one-hot importances `(f, C)` clipped to [0, 1], columns in greedy order: for each
+    feature in turn its largest not yet placed column, then the rest by index (the SPD paper's CI matrices)."""
+    n_f, C = matrix.shape
+    order: list[int] = []
+    for f in range(n_f):
+        free = [c for c in np.argsort(-matrix[f], kind="stable") if c not in order]
+        if free:
+            order.append(int(free[0]))
+    order += [c for c in range(C) if c not in order]
+    fig = Figure(figsize=(min(max(6.5, 3 + 0.12 * C), 16), min(max(4.5, 2 + 0.12 * n_f), 12)), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(np.clip(matrix[:, order], 0, 1), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    fig.colorbar(im, ax=ax, label="importance")
+    if C <= 40:
+        ax.set_xticks(range(C), [str(c) for c in order], fontsize=7, rotation=90)
+    if n_f <= 40:
+        ax.set_yticks(range(n_f), [str(f) for f in range(n_f)], fontsize=7)
+    ax.set_xlabel("component (greedy order: each feature's largest first)")
+    ax.set_ylabel("feature (one-hot input x_f = 1)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------------------------------------
 # Residual MLP
 
@@ -190,6 +214,43 @@ def contributions_figure(
             for k in range(int(neuron_layer.max()) + 1)
         ]
         axes[0].legend(handles=handles, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def contribution_scatter_figure(
+    contrib_target: np.ndarray,
+    contrib_best: np.ndarray,
+    neuron_layer: np.ndarray,
+    r: float,
+    slope: float,
+    title: str,
+    path: Path,
+) -> Path:
+    """Each (feature, neuron): the target's contribution (x) against the best subcomponent's (y),
+    coloured by layer, with the diagonal and the fit (the SPD paper's scatter).
+
+    `contrib_target, contrib_best (f, N)`, `neuron_layer (N,)`.
+    """
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    for k in range(int(neuron_layer.max()) + 1):
+        cols = neuron_layer == k
+        ax.scatter(
+            contrib_target[:, cols].ravel(),
+            contrib_best[:, cols].ravel(),
+            s=6,
+            alpha=0.6,
+            color=LAYER_COLORS[k % len(LAYER_COLORS)],
+            label=f"layer {k}",
+        )
+    lo = float(min(contrib_target.min(), contrib_best.min(), 0.0))
+    hi = float(max(contrib_target.max(), contrib_best.max(), 1e-6))
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", label="y = x")
+    ax.set_xlabel("target: neuron contribution")
+    ax.set_ylabel("best W_in subcomponent c*(l, f): neuron contribution")
+    ax.set_title(f"Pearson r {r:.3f}, slope through 0 {slope:.3f}", fontsize=9)
+    ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
@@ -326,6 +387,16 @@ def make_figures(
                     artifacts.identity_tol,
                     f"{family.label} {tag}: one-hot importance pattern{of} ({size} components)",
                     out_dir / f"identity_pattern{name}_inst{i}.png",
+                )
+            )
+    for group, matrix in artifacts.onehot.items():  # components grouped per matrix: every matrix's importances
+        for i in range(n):
+            tag = f"instance {i}" if target.n_instances > 1 else "run"
+            paths.append(
+                ci_matrix_figure(
+                    matrix[i],
+                    f"{family.label} {tag}: {artifacts.importance_name}s of {group} on one-hot inputs",
+                    out_dir / f"ci_{group}_inst{i}.png",
                 )
             )
     return paths + family.figures(target, components, metrics, artifacts.family, out_dir, n)

@@ -1,13 +1,17 @@
-"""Training steps per second and peak memory of the fast and the naive (reference) APD step.
+"""Training steps per second and peak memory of the fast and the naive (reference) step of APD and SPD.
 
-Cases (`--configs`), each named after its experiment config: `tms-5-2` and `tms-40-10` (batch
+Cases (`--configs`), each named after its experiment config. APD: `tms-5-2` and `tms-40-10` (batch
 2048), `resid-mlp-1` (batch 2048, the paper's setting), `resid-mlp-1-code` (batch 256, the reference
-code's yaml), `resid-mlp-2` (batch 2048). Each uses its experiment config's C, m, topk,
-attribution type, loss coefficients and fast-step switches (so `compile: auto` compiles, as a
-run of the config's length would), a freshly initialised target of the experiment's
-architecture (trained weights do not matter for speed) and sparse input batches from the
-target's data distribution. A timed step is the whole training step of `apd.decompose`:
-unit-norm, loss, backward, gradient projection, AdamW.
+code's yaml), `resid-mlp-2` (batch 2048). SPD (the paper's batch sizes): `spd-tms-5-2`,
+`spd-tms-5-2-id`, `spd-tms-40-10` (batch 4096; the registered targets' 12 or 3 instances),
+`spd-tms-5-2-1inst` (one instance, as the authors' code trains it), `spd-resid-mlp-1`,
+`spd-resid-mlp-2` (batch 2048) and `spd-resid-mlp-3` (not in the default set: its naive step takes
+seconds). Each uses its experiment config's settings and fast-step switches (so APD's `compile:
+auto` compiles, as a run of the config's length would), a freshly initialised target of the
+experiment's architecture (trained weights do not matter for speed) and sparse input batches from
+the target's data distribution. A timed step is the whole training step of `apd.decompose` through
+the method: its before-step hook (APD: unit-norm), loss, backward, after-backward hook (APD:
+gradient projection), AdamW.
 
 Speed: both implementations run in one subprocess per (case, threads), in alternating timed
 windows (each >= `--window-s` seconds, `--windows` of each, the order flipping every round), so
@@ -15,7 +19,8 @@ the machine's background load hits both alike; steps/s is the median over window
 warm-up (which includes any compilation), and `speedup` is fast / naive. `cpu_steps_per_s` uses
 the process's CPU time instead of wall time. Both implementations start from the same components
 and first compute the loss on the same batch: `losses_match` says whether every term agrees
-(rel 1e-4; the fast step omits the unused `out_recon_loss`).
+(rel 1e-4; APD's fast step omits the unused `out_recon_loss`; SPD's fast step computes this one
+loss with `zero_rows: keep`, so both draw the same masks).
 
 Peak memory, from a separate short subprocess per implementation (so neither sees the other's
 allocations): CPU = growth of the process's peak RSS (`ru_maxrss`) over its RSS before the first
@@ -44,14 +49,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-CASES: dict[str, tuple[str, int]] = {
-    "tms-5-2": ("tms-5-2", 2048),
-    "tms-40-10": ("tms-40-10", 2048),
-    "resid-mlp-1": ("resid-mlp-1", 2048),
-    "resid-mlp-1-code": ("resid-mlp-1-code", 256),
-    "resid-mlp-2": ("resid-mlp-2", 2048),
+CASES: dict[str, tuple[str, int, int | None]] = {
+    "tms-5-2": ("tms-5-2", 2048, None),
+    "tms-40-10": ("tms-40-10", 2048, None),
+    "resid-mlp-1": ("resid-mlp-1", 2048, None),
+    "resid-mlp-1-code": ("resid-mlp-1-code", 256, None),
+    "resid-mlp-2": ("resid-mlp-2", 2048, None),
+    "spd-tms-5-2": ("spd-tms-5-2", 4096, None),
+    "spd-tms-5-2-1inst": ("spd-tms-5-2", 4096, 1),
+    "spd-tms-5-2-id": ("spd-tms-5-2-id", 4096, None),
+    "spd-tms-40-10": ("spd-tms-40-10", 4096, None),
+    "spd-resid-mlp-1": ("spd-resid-mlp-1", 2048, None),
+    "spd-resid-mlp-2": ("spd-resid-mlp-2", 2048, None),
+    "spd-resid-mlp-3": ("spd-resid-mlp-3", 2048, None),
 }
-"""Bench name -> (experiment config, batch size)."""
+"""Bench name -> (experiment config, batch size, instances: None = the registered target's)."""
+DEFAULT_CASES = [case for case in CASES if case != "spd-resid-mlp-3"]
 IMPLEMENTATIONS = ("fast", "naive")
 N_BATCHES = 4
 """Distinct input batches cycled through by the timed steps."""
@@ -86,19 +99,23 @@ def setup(case: str, implementation: str, device: str, overrides: dict[str, Any]
     import torch
 
     from apd.config import load_config
-    from apd.decompose import make_components
-    from apd.methods.apd.losses import apd_loss
+    from apd.decompose import make_components, sampling_generator
+    from apd.methods import method_of
     from apd.targets.registry import get_family, resolve_spec
     from apd.targets.train import resolve_device
 
-    experiment, batch_size = CASES[case]
+    experiment, batch_size, n_instances = CASES[case]
     dev = resolve_device(device)
     cfg = load_config(experiment, {"batch_size": batch_size, "implementation": implementation, **overrides})
     spec = resolve_spec(str(cfg.target.name), cfg.target.overrides)
+    if n_instances is not None:
+        spec = spec.model_copy(update={"n_instances": n_instances})
     model = get_family(spec.kind).build(spec, seed=0).to(dev).eval().requires_grad_(False)
+    method = method_of(cfg)
     comps = make_components(cfg, model, dev)
     fused = dev.type in ("cpu", "cuda")  # as apd.decompose
-    opt = torch.optim.AdamW(comps.parameters(), lr=cfg.lr, weight_decay=0.0, fused=fused)
+    opt = torch.optim.AdamW(method.parameters(comps), lr=cfg.lr, weight_decay=0.0, fused=fused)
+    sampling = sampling_generator(cfg, dev)
     gen = torch.Generator(device=dev).manual_seed(0)
     batches = [
         model.sample(
@@ -111,17 +128,17 @@ def setup(case: str, implementation: str, device: str, overrides: dict[str, Any]
     ]
 
     def step(x: torch.Tensor) -> None:  # the body of apd.decompose's loop
-        if cfg.unit_norm_matrices:
-            comps.normalize_A_()
-        out = apd_loss(cfg, model, comps, x)
+        method.before_step(cfg, comps)
+        out = method.loss(cfg, model, comps, x, sampling)
         opt.zero_grad(set_to_none=True)
         out.total.backward()
-        if cfg.unit_norm_matrices:
-            comps.project_A_grads_()
+        method.after_backward(cfg, comps)
         opt.step()
 
     def first_losses() -> dict[str, float]:
-        out = apd_loss(cfg, model, comps, batches[0])
+        # SPD: every sample computed, so the fast step draws the naive step's masks
+        same_draws = cfg.model_copy(update={"zero_rows": "keep"}) if hasattr(cfg, "zero_rows") else cfg
+        out = method.loss(same_draws, model, comps, batches[0], torch.Generator(device=dev).manual_seed(1))
         return {"total_loss": out.total.item(), **{k: v.mean().item() for k, v in out.terms.items()}}
 
     def sync() -> None:
@@ -328,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
     p.add_argument(
-        "--configs", default=",".join(CASES), help=f"comma-separated cases (default all: {', '.join(CASES)})"
+        "--configs",
+        default=",".join(DEFAULT_CASES),
+        help=f"comma-separated cases (default all but spd-resid-mlp-3: {', '.join(CASES)})",
     )
     p.add_argument("--windows", type=int, default=5, help="timed windows per implementation; the median is reported")
     p.add_argument("--window-s", type=float, default=2.0, help="minimum length of a window in seconds (>= 1 step)")
@@ -402,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
             load_after = os.getloadavg()[0]
             row: dict[str, Any] = {"batch_size": CASES[case][1], "threads": n_threads, "load_before": load,
                                    "load_after": load_after}  # fmt: skip
+            if CASES[case][2] is not None:
+                row["instances"] = CASES[case][2]
             for impl, r in runs.items():
                 row[f"{impl}_steps_per_s"] = r["steps_per_s"]
                 row[f"{impl}_cpu_steps_per_s"] = r["cpu_steps_per_s"]

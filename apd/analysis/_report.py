@@ -28,6 +28,7 @@ from apd.analysis._columns import (
     short,
     varying_params,
 )
+from apd.analysis._compare import Comparison, comparison_figure, comparisons
 from apd.analysis._load import load_history, load_trials
 from apd.analysis._optuna import (
     RECOVERY,
@@ -97,10 +98,13 @@ class Analysis:
     info: dict[str, SweepInfo] = field(default_factory=dict)
     """What each sweep output declared (objectives, fixed overrides), by output path."""
     experiments: list[ExperimentAnalysis] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+    """Targets that several methods decomposed: the methods side by side (`apd.analysis._compare`)."""
 
     @property
     def answer(self) -> str:
-        return " ".join(e.answer for e in self.experiments) or "The sweep output holds no trials."
+        text = " ".join([*(e.answer for e in self.experiments), *(c.sentence() for c in self.comparisons)])
+        return text or "The sweep output holds no trials."
 
     def trial(self, trial_id: str, sweep: str | None = None) -> pd.Series:
         """One trial's row (with outcome); `sweep` disambiguates ids that several sweeps share."""
@@ -140,6 +144,7 @@ def analyze(
     result = Analysis(paths, trials, load_history(paths), share, min_seeds, ev, eval_cfg is not None, info)
     for (method, target), group in trials.groupby(["method", "target"], sort=True, dropna=False):
         result.experiments.append(_group(str(method), str(target), group, info, share=share, min_seeds=min_seeds))
+    result.comparisons = comparisons(result.experiments)
     return result
 
 
@@ -267,6 +272,7 @@ def write_report(analysis: Analysis, report_dir: str | Path) -> Path:
     w = _Writer(out, "")
     w.add(f"# Sweep analysis: {sweeps}", "", f"**Answer.** {analysis.answer}", "")
     _data_section(w, analysis)
+    _comparison_section(w, analysis)
     multi = len(analysis.experiments) > 1
     for exp in analysis.experiments:
         w.prefix = f"{_slug(f'{exp.method}-{exp.target}')}-" if multi else ""
@@ -360,6 +366,28 @@ def _data_section(w: _Writer, a: Analysis) -> None:
             "judged by the checks their stored metrics allow (the others are not counted as failures).",
             "",
         )
+
+
+def _comparison_section(w: _Writer, a: Analysis) -> None:
+    """Methods side by side on each target several of them decomposed."""
+    if not a.comparisons:
+        return
+    w.add(
+        "## Methods side by side",
+        "",
+        "Each method's swept parameter as a ratio to its centre (the experiment's value: the paper's setting for "
+        "the shipped experiments), so search spaces of the same relative width compare like with like. "
+        "Recovering settings: settings that recover under the rule below, of those judged; recovered instances: "
+        "over every judged trial; recovering band: the widest run of adjacent swept values that all recover.",
+        "",
+    )
+    for c in a.comparisons:
+        w.add(f"**{c.label}.** {c.sentence()}", "", md.table(c.table()), "")
+        w.prefix = f"compare-{_slug(c.target)}-"
+        w.figure(
+            comparison_figure(c), "recovery", f"recovery against the ratio to each method's paper value, {c.label}"
+        )
+    w.prefix = ""
 
 
 def _comparison(a: Analysis) -> pd.DataFrame:

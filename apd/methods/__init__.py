@@ -19,6 +19,7 @@ from apd.methods.base import Decomposition, Members, Method, StepOutput
 
 METHODS: dict[str, str | type[Method]] = {
     "apd": "apd.methods.apd:APD",
+    "spd": "apd.methods.spd:SPD",
 }
 """Method name -> `module:Class` of its `Method` (imported on first use), or the class itself."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,9 @@ class EvalArtifacts:
     identity_tol: float
     family: Any
     """The family's own figure data (`Family.evaluate`'s second value)."""
+    onehot: dict[str, np.ndarray] = field(default_factory=dict)
+    """Components in several groups (SPD: one per matrix): every group's raw one-hot importances `(I, f, C)`."""
+    importance_name: str = "importance"
 
 
 def jsonable(value: Any) -> Any:
@@ -115,4 +118,7 @@ def evaluate(
     family_metrics, family_data = family.evaluate(ctx)
     metrics = jsonable({**metrics, **family_metrics})
     metrics.update(judge(metrics, ev))
-    return metrics, EvalArtifacts(ident, ev.identity_tol, family_data)
+    every_group = {}
+    if len(components.groups) > 1:
+        every_group = {g: a.detach().float().cpu().numpy() for g, a in onehot_attr.items()}
+    return metrics, EvalArtifacts(ident, ev.identity_tol, family_data, every_group, method.importance_name)

@@ -10,7 +10,7 @@ dedicated fraction, monosemantic dedicated components, top-1 MSE and scrub separ
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -41,6 +41,7 @@ from apd.targets.family import (
     ValueRange,
     at_least,
     at_most,
+    finite_number,
 )
 
 if TYPE_CHECKING:
@@ -274,6 +275,132 @@ def _host(t: Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
 
 
+# ---------------------------------------------------------------------------------------------
+# Several component groups (SPD: one group per matrix)
+
+PER_MATRIX_KEY = "n_component_groups"
+"""Written only when the components come in several groups (one per matrix): those runs are judged
+by the per-matrix checks (target-solution error, neuron contributions); single-group runs (APD) by
+the contribution, feature-map, top-1 and scrubbing checks, as before."""
+
+
+PER_MATRIX_KEYS = (
+    PER_MATRIX_KEY,
+    "target_solution_error",
+    "target_solution_error_0p2",
+    "target_solution_error_per_instance",
+    "target_solution_error_0p2_per_instance",
+    "target_solution_error_by_group",
+    "contribution_r",
+    "contribution_slope",
+    "contribution_r_per_instance",
+    "contribution_slope_per_instance",
+)
+"""Only for components grouped per matrix (their checks' outcomes too: `check_target_solution_per_instance`, ...)."""
+
+
+def _per_matrix(metrics: Mapping[str, Any], ev: Any) -> bool:
+    return (finite_number(metrics.get(PER_MATRIX_KEY)) or 1) > 1
+
+
+def _spanning(metrics: Mapping[str, Any], ev: Any) -> bool:
+    return not _per_matrix(metrics, ev)
+
+
+def _spans_layers(components: Decomposition) -> bool:
+    """One group holds every layer (APD); else each matrix is its own group (SPD)."""
+    return len(components.groups) == 1
+
+
+def contribution_fit(target: Tensor, best: Tensor) -> tuple[Tensor, Tensor]:
+    """Pearson r and slope through the origin of `best` against `target` over features and neurons,
+    per instance: `(I, f, N)` each -> `(I,)`, `(I,)` (a perfect copy: r 1, slope 1)."""
+    t, b = target.flatten(1).double(), best.flatten(1).double()
+    tc, bc = t - t.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    r = (tc * bc).sum(-1) / (tc.norm(dim=-1) * bc.norm(dim=-1)).clamp_min(1e-30)
+    slope = (t * b).sum(-1) / t.pow(2).sum(-1).clamp_min(1e-30)
+    return r.float(), slope.float()
+
+
+@dataclass
+class ResidMatrixFigureData:
+    """Host arrays of the per-matrix residual-MLP figures, indexed by instance first."""
+
+    contrib_target: np.ndarray
+    """`(I, f, N)` the target's neuron contributions (neurons of all layers, layer 0 first)."""
+    contrib_best: np.ndarray
+    """`(I, f, N)` each layer's best W_in subcomponent's contributions, with the layer's whole W_out."""
+    best: np.ndarray
+    """`(I, layers, f)` the best W_in subcomponent c*(l, f) of each layer and feature."""
+    neuron_layer: np.ndarray
+    r: np.ndarray
+    slope: np.ndarray
+
+
+def evaluate_per_matrix(ctx: EvalContext, target: ResidMLP) -> tuple[dict[str, Any], ResidMatrixFigureData]:
+    """The target-solution error and neuron contributions of components grouped per matrix (docs/method.md).
+
+    Identity pattern on every `mlp_in` (one subcomponent per feature), dense pattern of k = d_mlp
+    columns on every `mlp_out`, on the importances of `ONE_HOT_VALUE` one-hot inputs, at `identity_tol`
+    (and at 0.2, stored beside). Contributions per layer l, feature f, neuron n: subcomponent c of
+    `mlp_in_l` read through `W_E`, written back through the layer's whole (summed) `mlp_out_l`;
+    `c*(l, f) = argmax_c max_n`, layers matched independently; r and slope of those against the
+    target's own contributions, over every feature and neuron.
+    """
+    from apd.metrics.feature_map import one_hot_inputs
+    from apd.metrics.target_solution import ONE_HOT_VALUE, dense_error, identity_error
+
+    ev, comps = ctx.ev, ctx.components
+    n_f, n_inst, device = target.n_features, target.n_instances, target.get_buffer("W_E").device
+    ci = {g: a.transpose(0, 1) for g, a in ctx.importances(one_hot_inputs(n_f, n_inst, device) * ONE_HOT_VALUE).items()}
+    errors: dict[str, dict[str, np.ndarray]] = {}
+    for tag, tol in (("", ev.identity_tol), ("_0p2", 0.2)):
+        for group, layers in comps.groups.items():
+            if all(layer.startswith("mlp_in") for layer in layers):
+                errors.setdefault(tag, {})[group] = identity_error(ci[group], tol)
+            elif all(layer.startswith("mlp_out") for layer in layers):
+                errors.setdefault(tag, {})[group] = dense_error(ci[group], target.d_mlp, tol)
+    total = {tag: np.sum(list(per.values()), axis=0) for tag, per in errors.items()}
+
+    w_e = target.get_buffer("W_E").detach()
+    weights = {p: w.detach() for p, w in target.weights().items()}
+    tgt, best_contrib, best = [], [], []
+    for k in range(target.n_layers):
+        t = neuron_contributions(w_e, [weights[f"mlp_in_{k}"].unsqueeze(1)], [weights[f"mlp_out_{k}"].unsqueeze(1)])
+        c = neuron_contributions(
+            w_e,
+            [comps.component_weights(f"mlp_in_{k}").detach()],
+            [comps.total_weight(f"mlp_out_{k}").detach().unsqueeze(1)],
+        )  # (I, C, f, n)
+        b = best_component_per_feature(c)  # (I, f)
+        tgt.append(t.squeeze(1))
+        best_contrib.append(c.gather(1, b[:, None, :, None].expand(-1, 1, -1, c.shape[-1])).squeeze(1))
+        best.append(b)
+    contrib_target, contrib_best = torch.cat(tgt, dim=-1), torch.cat(best_contrib, dim=-1)
+    r, slope = contribution_fit(contrib_target, contrib_best)
+    metrics: dict[str, Any] = {
+        PER_MATRIX_KEY: len(comps.groups),
+        "target_solution_error": int(total[""].sum()),
+        "target_solution_error_0p2": int(total["_0p2"].sum()),
+        "target_solution_error_per_instance": total[""],
+        "target_solution_error_0p2_per_instance": total["_0p2"],
+        "target_solution_error_by_group": {g: int(v.sum()) for g, v in errors[""].items()},
+        "contribution_r": r.mean(),
+        "contribution_slope": slope.mean(),
+        "contribution_r_per_instance": r,
+        "contribution_slope_per_instance": slope,
+    }
+    data = ResidMatrixFigureData(
+        contrib_target=_host(contrib_target),
+        contrib_best=_host(contrib_best),
+        best=_host(torch.stack(best, dim=1)).astype(np.int64),
+        neuron_layer=np.repeat(np.arange(target.n_layers), target.d_mlp),
+        r=_host(r),
+        slope=_host(slope),
+    )
+    return metrics, data
+
+
 class ResidMLPFamily(Family):
     kind = "resid_mlp"
     label = "residual MLP"
@@ -294,30 +421,70 @@ class ResidMLPFamily(Family):
         "n_dedicated_not_mono_per_instance",
         "median_norm_top1_mse_per_instance",
         "scrub_ratio_per_instance",
+        *PER_MATRIX_KEYS,
     )
     checks = (
-        at_least(
-            "dedicated",
-            "shared components (low dedicated fraction)",
-            "dedicated_fraction_per_instance",
-            "dedicated_min",
-            "dedicated fraction",
+        *(
+            replace(check, applies=_spanning)
+            for check in (
+                at_least(
+                    "dedicated",
+                    "shared components (low dedicated fraction)",
+                    "dedicated_fraction_per_instance",
+                    "dedicated_min",
+                    "dedicated fraction",
+                ),
+                Check(
+                    "dedicated_mono",
+                    "polysemantic dedicated components",
+                    ("n_dedicated_not_mono_per_instance",),
+                    lambda v, ev: v[0] == 0,
+                    lambda ev: (
+                        f"every dedicated component monosemantic (contribution cutoff {ev.contribution_cutoff:g})"
+                    ),
+                ),
+                at_most(
+                    "top1_mse",
+                    "poor top-1 reconstruction",
+                    "median_norm_top1_mse_per_instance",
+                    "norm_top1_mse_max",
+                    "median normalised top-1 MSE",
+                ),
+                at_least(
+                    "scrub_ratio", "weak scrub separation", "scrub_ratio_per_instance", "scrub_ratio_min", "scrub ratio"
+                ),
+            )
         ),
         Check(
-            "dedicated_mono",
-            "polysemantic dedicated components",
-            ("n_dedicated_not_mono_per_instance",),
+            "target_solution",
+            "target-solution pattern errors",
+            ("target_solution_error_per_instance",),
             lambda v, ev: v[0] == 0,
-            lambda ev: f"every dedicated component monosemantic (contribution cutoff {ev.contribution_cutoff:g})",
+            lambda ev: (
+                f"target-solution error 0 (tolerance {ev.identity_tol:g}): one W_in subcomponent per feature, "
+                "W_out dense over d_mlp subcomponents"
+            ),
+            _per_matrix,
         ),
-        at_most(
-            "top1_mse",
-            "poor top-1 reconstruction",
-            "median_norm_top1_mse_per_instance",
-            "norm_top1_mse_max",
-            "median normalised top-1 MSE",
+        Check(
+            "contribution_r",
+            "neuron contributions off the target's",
+            ("contribution_r_per_instance",),
+            lambda v, ev: v[0] >= ev.contribution_r_min,
+            lambda ev: f"neuron contributions of c*(l, f) vs the target's: Pearson r >= {ev.contribution_r_min:g}",
+            _per_matrix,
         ),
-        at_least("scrub_ratio", "weak scrub separation", "scrub_ratio_per_instance", "scrub_ratio_min", "scrub ratio"),
+        Check(
+            "contribution_slope",
+            "neuron contributions scaled",
+            ("contribution_slope_per_instance",),
+            lambda v, ev: ev.contribution_slope_min <= v[0] <= ev.contribution_slope_max,
+            lambda ev: (
+                "neuron contributions of c*(l, f) vs the target's: slope in "
+                f"[{ev.contribution_slope_min:g}, {ev.contribution_slope_max:g}]"
+            ),
+            _per_matrix,
+        ),
     )
     columns = (
         Column(
@@ -333,6 +500,8 @@ class ResidMLPFamily(Family):
         Column("n_dead", "dead components (count)"),
         Column("median_norm_top1_mse", "median top-1 MSE / target MSE (ratio)", lambda ev: ev.norm_top1_mse_max),
         Column("scrub_ratio", "anti-scrubbed / scrubbed loss (ratio)", lambda ev: ev.scrub_ratio_min),
+        Column("target_solution_error", "target-solution error (count, 0 = the ground truth's pattern)"),
+        Column("contribution_r", "neuron contribution r (1 = the target's)", lambda ev: ev.contribution_r_min, "high"),
     )
     marker_keys = ("dedicated_fraction_per_instance",)
     summary_keys = ("dedicated_fraction", "n_mono", "n_duo", "n_poly", "n_dead", "scrub_ratio")
@@ -374,6 +543,8 @@ class ResidMLPFamily(Family):
         """Contributions, feature map, per-feature top-1 losses and scrubbing (docs/method.md)."""
         target = ctx.target
         assert isinstance(target, ResidMLP)
+        if not _spans_layers(ctx.components):
+            return evaluate_per_matrix(ctx, target)
         ev, comps = ctx.ev, ctx.components
         C, n_f, n_inst = comps.C, target.n_features, target.n_instances
         onehot_attr = _one_group(ctx.onehot)
@@ -450,6 +621,8 @@ class ResidMLPFamily(Family):
     ) -> list[Path]:
         from apd.figures import categories_figure, contributions_figure, per_feature_figure, scrub_figure
 
+        if isinstance(data, ResidMatrixFigureData):
+            return self._per_matrix_figures(model, data, out_dir, n)
         d: ResidFigureData = data
         paths = []
         for i in range(n):
@@ -488,6 +661,36 @@ class ResidMLPFamily(Family):
                     d.contribution_cutoff,
                     f"Residual MLP {tag}: component categories",
                     out_dir / f"component_categories_inst{i}.png",
+                )
+            )
+        return paths
+
+    def _per_matrix_figures(self, model: Target, d: ResidMatrixFigureData, out_dir: Path, n: int) -> list[Path]:
+        """Neuron contributions of components grouped per matrix: the scatter and the first features' bars."""
+        from apd.figures import contribution_scatter_figure, contributions_figure
+
+        paths = []
+        for i in range(n):
+            tag = f"instance {i}" if model.n_instances > 1 else "run"
+            paths.append(
+                contribution_scatter_figure(
+                    d.contrib_target[i],
+                    d.contrib_best[i],
+                    d.neuron_layer,
+                    float(d.r[i]),
+                    float(d.slope[i]),
+                    f"Residual MLP {tag}: neuron contributions, subcomponents vs target",
+                    out_dir / f"resid_contribution_scatter_inst{i}.png",
+                )
+            )
+            paths.append(
+                contributions_figure(
+                    d.contrib_target[i],
+                    d.contrib_best[i],
+                    d.best[i, 0],
+                    d.neuron_layer,
+                    f"Residual MLP {tag}: neuron contributions of the first features (c* of layer 0)",
+                    out_dir / f"resid_contributions_inst{i}.png",
                 )
             )
         return paths

@@ -116,7 +116,7 @@ def assert_one_line(code: int, err: str, expected: str) -> None:
             ["--set", "target.name=tms-5-3"],
             f"target.name: unknown target 'tms-5-3'; did you mean 'tms-5-2'? known: {TARGETS}",
         ),
-        (["--set", "method=apdd"], "method: unknown method 'apdd'; did you mean 'apd'? known: apd"),
+        (["--set", "method=apdd"], "method: unknown method 'apdd'; did you mean 'apd'? known: apd, spd"),
     ],
 )
 def test_bad_settings_exact_message(

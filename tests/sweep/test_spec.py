@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from apd.config import load_config
 from apd.errors import ConfigError
 from apd.sweep.spec import corner_points, grid_combos, grid_points, load_spec, setting_id
 
@@ -292,6 +293,18 @@ def test_shipped_sweeps_are_valid(path: Path) -> None:
         # paper's steps, the paper's top-k times 1/4 ... 4
         assert sweep.max_steps == 5000 and sweep.total_trials == 15
         assert sorted(sweep.spec.parameters["topk"].values) == pytest.approx([0.211 * r for r in (0.25, 0.5, 1, 2, 4)])
+    elif path.stem.startswith(
+        "compare-spd-"
+    ):  # SPD's half: a quarter of the paper's 40 000 steps, its beta3 x 1/4 ... 4
+        assert sweep.max_steps == 10_000 and sweep.total_trials == 15 and sweep.spec.max_concurrent == 2
+        values = sorted(sweep.spec.parameters["importance_minimality_coeff"].values)
+        assert values == pytest.approx([3e-3 * r for r in (0.25, 0.5, 1, 2, 4)])
+        assert sweep.spec.fixed["eval.figures"] is False
+    elif path.stem.startswith("spd-"):  # SPD seed sweeps: the experiment's own (paper) setting over seeds
+        assert sweep.spec.experiment == path.stem
+        (beta,) = sweep.spec.parameters["importance_minimality_coeff"].values
+        assert beta == load_config(path.stem).importance_minimality_coeff  # type: ignore[attr-defined]
+        assert sweep.max_steps == load_config(path.stem).steps
     else:  # paper experiments at the paper's step counts, searching top-k and the loss coefficients
         assert "topk" in sweep.spec.parameters
         assert sweep.max_steps >= 10_000
@@ -300,6 +313,8 @@ def test_shipped_sweeps_are_valid(path: Path) -> None:
 def test_all_paper_experiments_have_a_sweep() -> None:
     names = {p.stem for p in SWEEPS}
     assert {"quickstart", "tms-5-2", "tms-40-10", "tms-5-2-id", "resid-mlp-1", "resid-mlp-2", "resid-mlp-3"} <= names
+    spd = {p.stem for p in (Path(__file__).parents[2] / "apd" / "experiments").glob("spd-*.yaml")}
+    assert spd and spd <= names  # every SPD experiment has its seed sweep
 
 
 TARGETS = "tms-5-2, tms-40-10, tms-5-2-id, tms-40-10-id, resid-mlp-1, resid-mlp-2, resid-mlp-3, gated-4"
