@@ -293,10 +293,9 @@ def test_shipped_sweeps_are_valid(path: Path) -> None:
         # paper's steps, the paper's top-k times 1/4 ... 4
         assert sweep.max_steps == 5000 and sweep.total_trials == 15
         assert sorted(sweep.spec.parameters["topk"].values) == pytest.approx([0.211 * r for r in (0.25, 0.5, 1, 2, 4)])
-    elif path.stem.startswith(
-        "compare-spd-"
-    ):  # SPD's half: a quarter of the paper's 40 000 steps, its beta3 x 1/4 ... 4
-        assert sweep.max_steps == 10_000 and sweep.total_trials == 15 and sweep.spec.max_concurrent == 2
+    elif path.stem.startswith("compare-spd-"):  # SPD's half: APD's data budget (5 000 x 2 048), beta3 x 1/4 ... 4
+        assert sweep.max_steps == 5000 and sweep.spec.fixed["batch_size"] == 2048
+        assert sweep.total_trials == 15 and sweep.spec.max_concurrent == 2
         values = sorted(sweep.spec.parameters["importance_minimality_coeff"].values)
         assert values == pytest.approx([3e-3 * r for r in (0.25, 0.5, 1, 2, 4)])
         assert sweep.spec.fixed["eval.figures"] is False
