@@ -96,6 +96,10 @@ class Comparison:
                     "searched": f"x{ratio_text(s.lo)}-x{ratio_text(s.hi)}" if len(s.curve) else "–",
                     "recovering settings": format_rate(s.settings_recovering, s.settings_judged),
                     "recovered instances": s.evidence,
+                    "recovered instances by ratio": ", ".join(
+                        f"x{ratio_text(r)}: {k}" for r, k in zip(s.curve["ratio"], s.curve["recovery"], strict=True)
+                    )
+                    or "–",
                     "recovering band": (
                         "none"
                         if s.band is None

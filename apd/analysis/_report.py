@@ -393,8 +393,9 @@ def _comparison_section(w: _Writer, a: Analysis) -> None:
 def _comparison(a: Analysis) -> pd.DataFrame:
     table: dict[str, dict[str, str]] = {}
     for e in a.experiments:
-        good = int(e.settings["recovers"].sum()) if len(e.settings) else 0
-        cell = f"{good}/{len(e.settings)} settings; {evidence(e.trials)}"
+        judged = e.settings[e.settings["n_judged"] > 0] if len(e.settings) else e.settings
+        good = int(judged["recovers"].sum()) if len(judged) else 0
+        cell = f"{good}/{len(judged)} settings; {evidence(e.trials)}"
         table.setdefault(target_label(e.trials), {})[e.method] = cell
     return pd.DataFrame.from_dict(table, orient="index").rename_axis("target").reset_index().fillna("–")
 

@@ -116,11 +116,16 @@ def test_methods_side_by_side(tmp_path: Path) -> None:
     path = write_report(a, tmp_path / "report")
     text = path.read_text()
     assert "## Methods side by side" in text
-    assert "| APD | topk | 0.211 | x1/4-x4 | 2/5 | 6/15 instances over 15 seeds | x1/2-x1 |" in text
     assert (
-        "| SPD | importance_minimality_coeff | 0.003 | x1/4-x4 | 3/5 | 11/15 instances over 15 seeds | x1/2-x2 |"
-        in text
+        "| APD | topk | 0.211 | x1/4-x4 | 2/5 | 6/15 instances over 15 seeds "
+        "| x1/4: 0/3, x1/2: 3/3, x1: 3/3, x2: 0/3, x4: 0/3 | x1/2-x1 |" in text
     )
+    assert (
+        "| SPD | importance_minimality_coeff | 0.003 | x1/4-x4 | 3/5 | 11/15 instances over 15 seeds "
+        "| x1/4: 2/3, x1/2: 3/3, x1: 3/3, x2: 3/3, x4: 0/3 | x1/2-x2 |" in text
+    )
+    # the per-target table counts judged settings, as the answer does
+    assert "| TMS 5-2 (tms-5-2) | 2/5 settings; 6/15 instances over 15 seeds | 3/5 settings;" in text
     assert (tmp_path / "report" / "compare-tms-5-2-recovery.png").stat().st_size > 0
 
 
