@@ -120,7 +120,6 @@ def tms_weight_figure(W: np.ndarray, P: np.ndarray, match: np.ndarray, title: st
 
 def identity_figure(matrix: np.ndarray, assignment: np.ndarray, tol: float, title: str, path: Path) -> Path:
     """Heatmap of one-hot attributions `(f, C)` (rows / row max), columns in Hungarian-matched order."""
-    n_f, C = matrix.shape
     matched = [int(c) for c in assignment if c >= 0]
     rest = [c for c in np.argsort(-matrix.max(axis=0), kind="stable") if c not in set(matched)]
     order = matched + [int(c) for c in rest]
@@ -128,19 +127,30 @@ def identity_figure(matrix: np.ndarray, assignment: np.ndarray, tol: float, titl
     diag = np.array([matrix[f, c] if c >= 0 else 0.0 for f, c in enumerate(assignment)])
     off = int((matrix > tol).sum() - (diag > tol).sum())
     miss = int((diag < 1 - tol).sum())
+    return _feature_heatmap(
+        mat,
+        order,
+        "importance / row max",
+        "component (matched to features first, then by max importance)",
+        f"{title}\noff-diagonal > {tol:g}: {off}, diagonal < {1 - tol:g}: {miss}, error {off + miss}",
+        path,
+    )
+
+
+def _feature_heatmap(mat: np.ndarray, order: list[int], value: str, xlabel: str, title: str, path: Path) -> Path:
+    """A `(features, components)` heatmap in [0, 1], columns already in `order` (their labels)."""
+    n_f, C = mat.shape
     fig = Figure(figsize=(min(max(6.5, 3 + 0.12 * C), 16), min(max(4.5, 2 + 0.12 * n_f), 12)), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(mat, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="importance / row max")
+    fig.colorbar(im, ax=ax, label=value)
     if C <= 40:
         ax.set_xticks(range(C), [str(c) for c in order], fontsize=7, rotation=90)
     if n_f <= 40:
         ax.set_yticks(range(n_f), [str(f) for f in range(n_f)], fontsize=7)
-    ax.set_xlabel("component (matched to features first, then by max importance)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("feature (one-hot input x_f = 1)")
-    ax.set_title(
-        f"{title}\noff-diagonal > {tol:g}: {off}, diagonal < {1 - tol:g}: {miss}, error {off + miss}", fontsize=10
-    )
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -154,18 +164,14 @@ def ci_matrix_figure(matrix: np.ndarray, title: str, path: Path) -> Path:
         if free:
             order.append(int(free[0]))
     order += [c for c in range(C) if c not in order]
-    fig = Figure(figsize=(min(max(6.5, 3 + 0.12 * C), 16), min(max(4.5, 2 + 0.12 * n_f), 12)), layout="constrained")
-    ax = fig.subplots()
-    im = ax.imshow(np.clip(matrix[:, order], 0, 1), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
-    fig.colorbar(im, ax=ax, label="importance")
-    if C <= 40:
-        ax.set_xticks(range(C), [str(c) for c in order], fontsize=7, rotation=90)
-    if n_f <= 40:
-        ax.set_yticks(range(n_f), [str(f) for f in range(n_f)], fontsize=7)
-    ax.set_xlabel("component (greedy order: each feature's largest first)")
-    ax.set_ylabel("feature (one-hot input x_f = 1)")
-    ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return _feature_heatmap(
+        np.clip(matrix[:, order], 0, 1),
+        order,
+        "importance",
+        "component (greedy order: each feature's largest first)",
+        title,
+        path,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
